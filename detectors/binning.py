@@ -317,7 +317,8 @@ class CategoricalBins:
         for j, name in enumerate(self.features):
             raw = columns[name]
             keys = np.array(
-                ["\x00missing" if _is_missing(v) else str(v) for v in raw], dtype=object
+                # "" marks missing; real values get a prefix so no string collides with it
+                ["" if _is_missing(v) else "=" + str(v) for v in raw], dtype=object
             )
             if n == 0:
                 continue
@@ -325,7 +326,7 @@ class CategoricalBins:
             table = tables[j]
             codes = np.array(
                 [
-                    self.missing_column if u == "\x00missing" else table.get(u, self.other_column)
+                    self.missing_column if u == "" else table.get(u[1:], self.other_column)
                     for u in uniq
                 ],
                 dtype=np.int64,

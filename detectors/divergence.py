@@ -18,8 +18,9 @@ Evidently uses for its PSI) so that logarithms stay finite:
   ``scipy.stats.entropy(p, q)`` on the smoothed fractions and the JS divergence
   stays a divergence between true distributions, bounded by ``ln 2``.
 
-Bins where both sides are empty contribute exactly 0 to every measure, so
-padding columns (used when features have different numbers of bins) are
+Bins where both sides are empty contribute exactly 0 to every measure and are
+left out of the renormalisation, so padding columns (used when features have
+different numbers of bins, and the missing bucket when nothing is missing) are
 harmless. All logarithms are natural (nats).
 """
 
@@ -133,7 +134,8 @@ def psi(
     ValueError: current counts must be >= 0, got array([-2.])
     """
     p, q, both_empty = _fractions(reference_counts, current_counts, eps)
-    terms = (p - q) * np.log(p / q)
+    # ln p - ln q, not ln(p / q): exactly symmetric, and p / q cannot overflow
+    terms = (p - q) * (np.log(p) - np.log(q))
     terms[both_empty] = 0.0
     return _scalar_or_array(terms.sum(axis=-1))
 
@@ -173,9 +175,10 @@ def kl_divergence(
     ValueError: eps must be in (0, 1), got 0
     """
     p, q, both_empty = _fractions(reference_counts, current_counts, eps)
-    p /= p.sum(axis=-1, keepdims=True)
-    q /= q.sum(axis=-1, keepdims=True)
-    terms = p * np.log(p / q)
+    # renormalise over the bins not empty on both sides (padding must not dilute p, q)
+    p /= np.where(both_empty, 0.0, p).sum(axis=-1, keepdims=True)
+    q /= np.where(both_empty, 0.0, q).sum(axis=-1, keepdims=True)
+    terms = p * (np.log(p) - np.log(q))
     terms[both_empty] = 0.0
     return _scalar_or_array(terms.sum(axis=-1))
 
@@ -214,9 +217,11 @@ def js_divergence(
     ValueError: reference and current counts must have the same shape, got (3,) and (2,)
     """
     p, q, both_empty = _fractions(reference_counts, current_counts, eps)
-    p /= p.sum(axis=-1, keepdims=True)
-    q /= q.sum(axis=-1, keepdims=True)
+    # renormalise over the bins not empty on both sides (padding must not dilute p, q)
+    p /= np.where(both_empty, 0.0, p).sum(axis=-1, keepdims=True)
+    q /= np.where(both_empty, 0.0, q).sum(axis=-1, keepdims=True)
     m = 0.5 * (p + q)
-    terms = 0.5 * (p * np.log(p / m) + q * np.log(q / m))
+    log_m = np.log(m)
+    terms = 0.5 * (p * (np.log(p) - log_m) + q * (np.log(q) - log_m))
     terms[both_empty] = 0.0
     return _scalar_or_array(terms.sum(axis=-1))

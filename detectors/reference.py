@@ -162,6 +162,8 @@ class ReferenceProfile:
             )
         except KeyError as exc:
             raise ValueError(f"reference profile lacks key {exc}") from exc
+        except TypeError as exc:  # e.g. "n_events": null, "metadata": 5
+            raise ValueError(f"reference profile has a value of the wrong type: {exc}") from exc
 
     @property
     def content_hash(self) -> str:

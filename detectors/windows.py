@@ -46,6 +46,8 @@ class SlicedWindow:
         Number of slices in the window (window length / slice length).
     shape : tuple of int
         Shape of one slice's count array, e.g. ``(features, bins)``.
+    dtype : {"int64", "float64"}, default "int64"
+        Element type; float64 is for weighted sums such as fraud amounts.
 
     Examples
     --------
@@ -64,19 +66,22 @@ class SlicedWindow:
     False
     """
 
-    def __init__(self, n_slices: int, shape: tuple[int, ...]) -> None:
+    def __init__(self, n_slices: int, shape: tuple[int, ...], dtype: str = "int64") -> None:
         if isinstance(n_slices, bool) or not isinstance(n_slices, int) or n_slices < 1:
             raise ValueError(f"n_slices must be an integer >= 1, got {n_slices!r}")
         if any((not isinstance(d, int)) or d < 0 for d in shape):
             raise ValueError(f"shape must be non-negative integers, got {shape!r}")
+        if dtype not in ("int64", "float64"):
+            raise ValueError(f"dtype must be 'int64' or 'float64', got {dtype!r}")
         self.n_slices = n_slices
         self.shape = tuple(shape)
+        self.dtype = dtype
         self._reset()
 
     def _reset(self) -> None:
-        self._ring = np.zeros((self.n_slices, *self.shape), dtype=np.int64)
+        self._ring: npt.NDArray[Any] = np.zeros((self.n_slices, *self.shape), dtype=self.dtype)
         self._ids = np.full(self.n_slices, np.iinfo(np.int64).min, dtype=np.int64)
-        self._total = np.zeros(self.shape, dtype=np.int64)
+        self._total: npt.NDArray[Any] = np.zeros(self.shape, dtype=self.dtype)
         self._head: int | None = None
 
     @property
@@ -92,7 +97,7 @@ class SlicedWindow:
         return (self._head - self.n_slices + 1, self._head)
 
     @property
-    def total(self) -> IntArray:
+    def total(self) -> npt.NDArray[Any]:
         """Read-only view of the window's summed counts."""
         view = self._total.view()
         view.setflags(write=False)
@@ -158,9 +163,9 @@ class SlicedWindow:
         refused = [int(s) for s, c in zip(ids, stack, strict=True) if not self.add(int(s), c)]
         return np.array(sorted(refused), dtype=np.int64)
 
-    def slices(self) -> dict[int, IntArray]:
+    def slices(self) -> dict[int, npt.NDArray[Any]]:
         """The non-empty slices the window holds, ``{slice_id: counts}``."""
-        out: dict[int, IntArray] = {}
+        out: dict[int, npt.NDArray[Any]] = {}
         for pos in range(self.n_slices):
             sid = int(self._ids[pos])
             if sid != np.iinfo(np.int64).min:
@@ -169,12 +174,12 @@ class SlicedWindow:
 
     def merge(self, other: SlicedWindow) -> SlicedWindow:
         """A new window holding the slices of both (e.g. of two instances)."""
-        if other.n_slices != self.n_slices or other.shape != self.shape:
+        if (other.n_slices, other.shape, other.dtype) != (self.n_slices, self.shape, self.dtype):
             raise ValueError(
                 f"cannot merge windows of ({self.n_slices}, {self.shape}) and "
                 f"({other.n_slices}, {other.shape})"
             )
-        merged = SlicedWindow(self.n_slices, self.shape)
+        merged = SlicedWindow(self.n_slices, self.shape, self.dtype)
         heads = [h for h in (self._head, other._head) if h is not None]
         if heads:
             merged.advance(max(heads))
@@ -185,15 +190,17 @@ class SlicedWindow:
 
     def state(self) -> dict[str, Any]:
         """Plain-data snapshot (for state stores)."""
-        return {"n_slices": self.n_slices, "shape": list(self.shape), "head": self._head,
+        return {"n_slices": self.n_slices, "shape": list(self.shape), "dtype": self.dtype,
+                "head": self._head,
                 "slices": {str(k): v.tolist() for k, v in self.slices().items()}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> SlicedWindow:
         """Inverse of :meth:`state`."""
-        w = cls(int(state["n_slices"]), tuple(int(d) for d in state["shape"]))
+        w = cls(int(state["n_slices"]), tuple(int(d) for d in state["shape"]),
+                str(state.get("dtype", "int64")))
         if state["head"] is not None:
             w.advance(int(state["head"]))
         for sid, counts in state["slices"].items():
-            w.add(int(sid), np.asarray(counts, dtype=np.int64))
+            w.add(int(sid), np.asarray(counts, dtype=w.dtype))
         return w

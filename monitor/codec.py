@@ -1,0 +1,447 @@
+"""Event codec: Kafka records to columnar numpy batches, or a rejection reason.
+
+Prediction and label events are decoded with msgspec into typed structs built
+from the configured field names, then laid out as columns (one numpy array per
+field, a ``(events, features)`` float matrix for numeric features). Plain JSON
+and CloudEvents binary mode (``ce_*`` headers carry the event attributes, the
+value carries the data, as KServe's inference logger writes) are accepted.
+
+A record that does not decode or validate becomes a :class:`Rejected` with one
+of the :data:`REASONS`; the valid records of the same batch are unaffected.
+The only exception :meth:`EventCodec.decode` can raise for bad *input* is none:
+bad input is always returned as a rejection.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from monitor.config import Settings
+
+__all__ = [
+    "REASONS",
+    "DecodedBatch",
+    "EventCodec",
+    "LabelColumns",
+    "PredictionColumns",
+    "RawRecord",
+    "Rejected",
+]
+
+#: Every reason a record can be rejected for (the ``reason`` metric label).
+REASONS = (
+    "empty",
+    "too_large",
+    "not_json",
+    "not_utf8",
+    "wrong_type",
+    "missing_field",
+    "bad_event_id",
+    "bad_timestamp",
+    "score_out_of_range",
+    "score_not_finite",
+    "bad_amount",
+    "bad_label",
+    "unknown_model",
+    "too_many_versions",
+    "cloudevents_header",
+    "unknown_topic",
+)
+
+_CE_REQUIRED = ("ce_id", "ce_specversion", "ce_type", "ce_source")
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Timestamp = float | Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+@dataclass(slots=True)
+class RawRecord:
+    """One record as read from a source, independent of the Kafka client."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+    timestamp_ms: int | None = None
+    key: bytes | None = None
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A record that was not accepted, with the reason and a readable detail."""
+
+    record: RawRecord
+    reason: str
+    detail: str
+
+
+@dataclass
+class PredictionColumns:
+    """A batch of valid predictions as columns."""
+
+    event_id: list[str]
+    model: list[str]
+    version: list[str]
+    ts: npt.NDArray[np.float64]
+    score: npt.NDArray[np.float64]
+    decision: npt.NDArray[np.bool_]
+    amount: npt.NDArray[np.float64]
+    numeric: npt.NDArray[np.float64]
+    categorical: dict[str, list[object]]
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+    def take(self, index: npt.NDArray[np.intp]) -> PredictionColumns:
+        """The rows at ``index``, in that order."""
+        idx = index.tolist()
+        return PredictionColumns(
+            event_id=[self.event_id[i] for i in idx],
+            model=[self.model[i] for i in idx],
+            version=[self.version[i] for i in idx],
+            ts=self.ts[index], score=self.score[index], decision=self.decision[index],
+            amount=self.amount[index], numeric=self.numeric[index],
+            categorical={k: [v[i] for i in idx] for k, v in self.categorical.items()},
+        )
+
+
+@dataclass
+class LabelColumns:
+    """A batch of valid labels as columns."""
+
+    event_id: list[str]
+    label: npt.NDArray[np.int8]
+    ts: npt.NDArray[np.float64]
+    amount: npt.NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.event_id)
+
+
+@dataclass
+class DecodedBatch:
+    """The outcome of decoding one batch of records."""
+
+    predictions: PredictionColumns
+    labels: LabelColumns
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def _ts_seconds(value: float | datetime) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value)
+
+
+_MISSING_RE = re.compile(r"missing required field `([^`]*)`")
+_PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
+
+
+class EventCodec:
+    """Decodes records of the predictions and labels topics.
+
+    Parameters
+    ----------
+    settings : Settings
+        Field names, features, models, size limit and CloudEvents options.
+    version_allowed : callable, optional
+        ``(model, version) -> bool``; defaults to a per-model cap of
+        ``max_versions`` distinct versions (champion and canary always fit).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        version_allowed: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        f = settings.fields
+        self.numeric_features = list(settings.features.numeric)
+        self.categorical_features = list(settings.features.categorical)
+        feat_fields: list[tuple[str, Any, Any]] = []
+        rename: dict[str, str] = {}
+        for i, name in enumerate(self.numeric_features):
+            feat_fields.append((f"n{i}", float | None, None))
+            rename[f"n{i}"] = name
+        for i, name in enumerate(self.categorical_features):
+            feat_fields.append((f"c{i}", str | int | float | bool | None, None))
+            rename[f"c{i}"] = name
+        features_type = msgspec.defstruct("Features", feat_fields, rename=rename)
+        self._features_type = features_type
+        pred_rename = {
+            "event_id": f.event_id, "model": f.model, "model_version": f.model_version,
+            "ts": f.ts, "score": f.score, "decision": f.decision, "amount": f.amount,
+            "features": f.features,
+        }
+        self._prediction_type = msgspec.defstruct(
+            "Prediction",
+            [
+                ("event_id", EventId),
+                ("model", Name),
+                ("model_version", Name),
+                ("ts", Timestamp),
+                ("score", float),
+                ("decision", bool | int | None, None),
+                ("amount", float | None, None),
+                ("features", features_type, msgspec.field(default_factory=features_type)),
+            ],
+            rename=pred_rename,
+        )
+        self._label_type = msgspec.defstruct(
+            "Label",
+            [("event_id", EventId), ("label", int | bool), ("ts", Timestamp | None, None),
+             ("amount", float | None, None)],
+            rename={"event_id": f.event_id, "label": f.label, "ts": f.ts, "amount": f.amount},
+        )
+        self._pred_decoder = msgspec.json.Decoder(self._prediction_type)
+        self._label_decoder = msgspec.json.Decoder(self._label_type)
+        self._any_decoder = msgspec.json.Decoder()
+        self._models = {m.name: m for m in settings.models}
+        self._versions: dict[str, set[str]] = {
+            m.name: {v for v in (m.champion, m.canary) if v} for m in settings.models
+        }
+        self._version_allowed = version_allowed or self._default_version_allowed
+        self._n_num = len(self.numeric_features)
+
+    # ------------------------------------------------------------------ helpers
+    def _default_version_allowed(self, model: str, version: str) -> bool:
+        seen = self._versions.setdefault(model, set())
+        if version in seen:
+            return True
+        cfg = self._models.get(model)
+        cap = cfg.max_versions if cfg is not None else 8
+        if len(seen) >= cap:
+            return False
+        seen.add(version)
+        return True
+
+    def threshold(self, model: str) -> float:
+        cfg = self._models.get(model)
+        return cfg.threshold if cfg is not None else 0.5
+
+    @staticmethod
+    def _classify(exc: Exception, score_field: str) -> tuple[str, str]:
+        msg = str(exc)
+        if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+            if "invalid utf-8" in msg.lower() or "utf-8" in msg.lower():
+                return "not_utf8", msg
+            return "not_json", msg
+        missing = _MISSING_RE.search(msg)
+        if missing:
+            return "missing_field", msg
+        path = _PATH_RE.search(msg)
+        where = path.group(1) if path else ""
+        if where == score_field and "out of range" in msg:
+            return "score_not_finite", msg
+        if "RFC3339" in msg or "timezone" in msg.lower() or "datetime" in msg:
+            return "bad_timestamp", msg
+        if "length" in msg and where.endswith(("event_id",)):
+            return "bad_event_id", msg
+        return "wrong_type", msg
+
+    def _precheck(self, rec: RawRecord) -> Rejected | None:
+        if rec.value is None or len(rec.value) == 0:
+            return Rejected(rec, "empty", "record has no value")
+        limit = self.settings.codec.max_message_bytes
+        if len(rec.value) > limit:
+            return Rejected(rec, "too_large", f"value of {len(rec.value)} bytes exceeds the "
+                            f"limit of {limit} bytes")
+        return None
+
+    def _cloudevent_body(self, rec: RawRecord, kind: str) -> Any:
+        headers: dict[str, bytes] = {}
+        for k, v in rec.headers:
+            headers[k] = v
+        if "ce_specversion" not in headers:
+            return None
+        missing = [h for h in _CE_REQUIRED if not headers.get(h)]
+        if missing:
+            raise _RejectError("cloudevents_header", f"binary-mode CloudEvent lacks header(s) "
+                          f"{missing!r}")
+        try:
+            hv = {k: v.decode("utf-8") for k, v in headers.items() if k.startswith("ce_")}
+        except UnicodeDecodeError as exc:
+            raise _RejectError("cloudevents_header", f"a ce_* header is not UTF-8: {exc}") from exc
+        if hv["ce_specversion"] != "1.0":
+            raise _RejectError("cloudevents_header", f"unsupported ce_specversion "
+                          f"{hv['ce_specversion']!r} (want '1.0')")
+        body = self._any_decoder.decode(rec.value or b"")
+        if not isinstance(body, dict):
+            raise _RejectError("wrong_type", f"CloudEvent data must be a JSON object, got "
+                          f"{type(body).__name__}")
+        f = self.settings.fields
+        ce = self.settings.cloudevents
+        body.setdefault(f.event_id, hv["ce_id"])
+        if "ce_time" in hv:
+            body.setdefault(f.ts, hv["ce_time"])
+        if kind == "prediction":
+            if ce.model_header in hv:
+                body.setdefault(f.model, hv[ce.model_header])
+            if ce.version_header in hv:
+                body.setdefault(f.model_version, hv[ce.version_header])
+        return body
+
+    def _decode_one(self, rec: RawRecord, decoder: msgspec.json.Decoder[Any], typ: Any,
+                    kind: str) -> Any:
+        if self.settings.cloudevents.enabled and rec.headers:
+            body = self._cloudevent_body(rec, kind)
+            if body is not None:
+                return msgspec.convert(body, typ)
+        return decoder.decode(rec.value or b"")
+
+    # -------------------------------------------------------------- public API
+    def decode(
+        self,
+        predictions: Sequence[RawRecord],
+        labels: Sequence[RawRecord] = (),
+    ) -> DecodedBatch:
+        """Decode prediction and label records into columns plus rejections."""
+        rejected: list[Rejected] = []
+        preds = self._decode_predictions(predictions, rejected)
+        labs = self._decode_labels(labels, rejected)
+        return DecodedBatch(preds, labs, rejected)
+
+    def _decode_predictions(self, records: Sequence[RawRecord],
+                            rejected: list[Rejected]) -> PredictionColumns:
+        score_field = self.settings.fields.score
+        structs: list[Any] = []
+        for rec in records:
+            pre = self._precheck(rec)
+            if pre is not None:
+                rejected.append(pre)
+                continue
+            try:
+                ev = self._decode_one(rec, self._pred_decoder, self._prediction_type,
+                                      "prediction")
+            except _RejectError as rj:
+                rejected.append(Rejected(rec, rj.reason, rj.detail))
+                continue
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                reason, detail = self._classify(exc, score_field)
+                rejected.append(Rejected(rec, reason, detail))
+                continue
+            problem = self._validate_prediction(ev)
+            if problem is not None:
+                rejected.append(Rejected(rec, *problem))
+                continue
+            structs.append(ev)
+        return self._prediction_columns(structs)
+
+    def _validate_prediction(self, ev: Any) -> tuple[str, str] | None:
+        f = self.settings.fields
+        score = ev.score
+        if not math.isfinite(score):
+            return "score_not_finite", f"{f.score} must be finite, got {score!r}"
+        if not 0.0 <= score <= 1.0:
+            return "score_out_of_range", f"{f.score} must be in [0, 1], got {score!r}"
+        ts = _ts_seconds(ev.ts)
+        if not math.isfinite(ts) or not 0.0 <= ts < 1e11:
+            return "bad_timestamp", f"{f.ts} must be epoch seconds or RFC 3339, got {ev.ts!r}"
+        amount = ev.amount
+        if amount is not None and (not math.isfinite(amount) or amount < 0):
+            return "bad_amount", f"{f.amount} must be finite and >= 0, got {amount!r}"
+        if ev.model not in self._models and not self.settings.codec.allow_unknown_models:
+            return "unknown_model", f"{f.model} {ev.model!r} is not configured"
+        if not self._version_allowed(ev.model, ev.model_version):
+            return "too_many_versions", (f"{f.model_version} {ev.model_version!r} of model "
+                                         f"{ev.model!r} exceeds the version limit")
+        decision = ev.decision
+        if decision is not None and not isinstance(decision, bool) and decision not in (0, 1):
+            return "wrong_type", f"{f.decision} must be a boolean or 0/1, got {decision!r}"
+        return None
+
+    def _prediction_columns(self, structs: list[Any]) -> PredictionColumns:
+        n = len(structs)
+        score = np.fromiter((e.score for e in structs), dtype=np.float64, count=n)
+        decision = np.empty(n, dtype=np.bool_)
+        for i, e in enumerate(structs):
+            d = e.decision
+            decision[i] = bool(d) if d is not None else e.score >= self.threshold(e.model)
+        numeric = np.empty((n, self._n_num), dtype=np.float64)
+        if self._n_num:
+            names = [f"n{i}" for i in range(self._n_num)]
+            rows = [[getattr(e.features, k) for k in names] for e in structs]
+            if rows:
+                numeric[:] = np.array(rows, dtype=np.float64)  # None -> nan
+        categorical: dict[str, list[object]] = {}
+        for i, name in enumerate(self.categorical_features):
+            key = f"c{i}"
+            categorical[name] = [getattr(e.features, key) for e in structs]
+        return PredictionColumns(
+            event_id=[e.event_id for e in structs],
+            model=[e.model for e in structs],
+            version=[e.model_version for e in structs],
+            ts=np.fromiter((_ts_seconds(e.ts) for e in structs), dtype=np.float64, count=n),
+            score=score,
+            decision=decision,
+            amount=np.array([np.nan if e.amount is None else e.amount for e in structs],
+                            dtype=np.float64).reshape(n),
+            numeric=numeric,
+            categorical=categorical,
+        )
+
+    def _decode_labels(self, records: Sequence[RawRecord],
+                       rejected: list[Rejected]) -> LabelColumns:
+        f = self.settings.fields
+        ids: list[str] = []
+        labels: list[int] = []
+        ts: list[float] = []
+        amounts: list[float] = []
+        for rec in records:
+            pre = self._precheck(rec)
+            if pre is not None:
+                rejected.append(pre)
+                continue
+            try:
+                ev = self._decode_one(rec, self._label_decoder, self._label_type, "label")
+            except _RejectError as rj:
+                rejected.append(Rejected(rec, rj.reason, rj.detail))
+                continue
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                reason, detail = self._classify(exc, "")
+                rejected.append(Rejected(rec, reason, detail))
+                continue
+            lab = ev.label
+            if isinstance(lab, bool):
+                lab = int(lab)
+            if lab not in (0, 1):
+                rejected.append(Rejected(rec, "bad_label", f"{f.label} must be 0 or 1, got "
+                                         f"{ev.label!r}"))
+                continue
+            t = math.nan if ev.ts is None else _ts_seconds(ev.ts)
+            if ev.ts is not None and (not math.isfinite(t) or not 0.0 <= t < 1e11):
+                rejected.append(Rejected(rec, "bad_timestamp", f"{f.ts} must be epoch "
+                                         f"seconds or RFC 3339, got {ev.ts!r}"))
+                continue
+            amt = ev.amount
+            if amt is not None and (not math.isfinite(amt) or amt < 0):
+                rejected.append(Rejected(rec, "bad_amount", f"{f.amount} must be finite and "
+                                         f">= 0, got {amt!r}"))
+                continue
+            ids.append(ev.event_id)
+            labels.append(lab)
+            ts.append(t)
+            amounts.append(math.nan if amt is None else amt)
+        return LabelColumns(
+            event_id=ids,
+            label=np.array(labels, dtype=np.int8),
+            ts=np.array(ts, dtype=np.float64),
+            amount=np.array(amounts, dtype=np.float64),
+        )
+
+
+class _RejectError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail

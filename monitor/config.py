@@ -1,0 +1,361 @@
+"""Service configuration: one YAML file plus environment overrides.
+
+Precedence (highest first): explicit keyword arguments, environment variables
+(``DRIFTGATE_`` prefix, ``__`` between nested keys, e.g.
+``DRIFTGATE_KAFKA__BOOTSTRAP_SERVERS``), secret files (``*_file`` keys), the
+YAML file, then defaults. A bad value fails at start-up with
+:class:`ConfigError`, which names the key and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` names each bad key and the reason."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__(
+            "invalid configuration: " + "; ".join(f"{key}: {why}" for key, why in problems)
+        )
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(_Strict):
+    """Brokers, topics, consumer group and security."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "driftgate"
+    predictions_topic: str = "predictions"
+    labels_topic: str = "labels"
+    dead_letter_topic: str = "driftgate.dead-letter"
+    decisions_topic: str = "driftgate.decisions"
+    client_id: str = "driftgate"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    max_poll_records: int = Field(5000, ge=1, le=1_000_000)
+    fetch_max_wait_ms: int = Field(100, ge=0, le=60_000)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaSettings:
+        if (self.security_protocol in ("SSL", "SASL_SSL") and self.ssl_cafile is not None
+                and not self.ssl_cafile.is_file()):
+            raise ValueError(f"ssl_cafile {str(self.ssl_cafile)!r} does not exist")
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism is None:
+                raise ValueError(f"sasl_mechanism is required with {self.security_protocol}")
+            if not self.sasl_username:
+                raise ValueError(f"sasl_username is required with {self.security_protocol}")
+            if self.sasl_password is None and self.sasl_password_file is None:
+                raise ValueError("sasl_password or sasl_password_file is required with "
+                                 f"{self.security_protocol}")
+        if self.sasl_password_file is not None and not self.sasl_password_file.is_file():
+            raise ValueError(f"sasl_password_file {str(self.sasl_password_file)!r} "
+                             "does not exist")
+        return self
+
+    def password(self) -> str | None:
+        """The SASL password, from the value or the secret file."""
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().strip()
+        return None
+
+
+class FieldMapping(_Strict):
+    """Names of the event fields in the incoming JSON."""
+
+    event_id: str = "event_id"
+    model: str = "model"
+    model_version: str = "model_version"
+    ts: str = "ts"
+    score: str = "score"
+    decision: str = "decision"
+    amount: str = "amount"
+    features: str = "features"
+    label: str = "label"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FieldMapping:
+        pred = [self.event_id, self.model, self.model_version, self.ts, self.score,
+                self.decision, self.amount, self.features]
+        if len(set(pred)) != len(pred):
+            raise ValueError(f"prediction field names must be distinct, got {pred!r}")
+        return self
+
+
+class CloudEventsSettings(_Strict):
+    """CloudEvents binary mode (``ce_*`` Kafka headers, as KServe's logger writes)."""
+
+    enabled: bool = True
+    model_header: str = "ce_inferenceservicename"
+    version_header: str = "ce_modelversion"
+
+
+class ModelSettings(_Strict):
+    """One monitored model: which version is champion and which is canary."""
+
+    name: str = Field(min_length=1)
+    champion: str = Field(min_length=1)
+    canary: str | None = None
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    max_versions: int = Field(8, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _versions(self) -> ModelSettings:
+        if self.canary is not None and self.canary == self.champion:
+            raise ValueError(f"canary must differ from champion, both are {self.canary!r}")
+        return self
+
+
+class FeatureSettings(_Strict):
+    """Features to monitor (names inside the event's features object)."""
+
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> FeatureSettings:
+        names = self.numeric + self.categorical
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature names must be unique across numeric and "
+                             f"categorical, got duplicates {dupes!r}")
+        return self
+
+
+class ReferenceSettings(_Strict):
+    """Where the frozen reference profile comes from."""
+
+    path: Path | None = None
+    fit_from_champion_events: int = Field(0, ge=0)
+    n_bins: int = Field(10, ge=2, le=100)
+    top_k: int = Field(20, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _source(self) -> ReferenceSettings:
+        if self.path is None and self.fit_from_champion_events == 0:
+            raise ValueError("set path (a profile from `driftgate reference fit`) or "
+                             "fit_from_champion_events > 0")
+        if self.path is not None and not self.path.is_file():
+            raise ValueError(f"path {str(self.path)!r} does not exist")
+        return self
+
+
+class WindowSettings(_Strict):
+    """Event-time windows."""
+
+    slice_seconds: float = Field(10.0, gt=0)
+    window_seconds: float = Field(300.0, gt=0)
+    kpi_window_seconds: float = Field(3600.0, gt=0)
+    allowed_lateness_seconds: float = Field(60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _multiples(self) -> WindowSettings:
+        for name in ("window_seconds", "kpi_window_seconds"):
+            value = getattr(self, name)
+            ratio = value / self.slice_seconds
+            if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
+                raise ValueError(f"{name} ({value}) must be a whole multiple of "
+                                 f"slice_seconds ({self.slice_seconds})")
+        if self.allowed_lateness_seconds > self.window_seconds:
+            raise ValueError(f"allowed_lateness_seconds ({self.allowed_lateness_seconds}) "
+                             f"must not exceed window_seconds ({self.window_seconds})")
+        return self
+
+    @property
+    def n_slices(self) -> int:
+        return round(self.window_seconds / self.slice_seconds)
+
+    @property
+    def kpi_n_slices(self) -> int:
+        return round(self.kpi_window_seconds / self.slice_seconds)
+
+
+class JoinSettings(_Strict):
+    """The label join buffer (predictions waiting for labels, and vice versa)."""
+
+    ttl_seconds: float = Field(3600.0, gt=0)
+    max_pending: int = Field(1_000_000, ge=1)
+    max_orphan_labels: int = Field(100_000, ge=0)
+
+
+class EvaluationSettings(_Strict):
+    """The evaluator tick."""
+
+    tick_seconds: float = Field(1.0, gt=0, le=3600)
+    eps: float = Field(1e-4, gt=0, lt=1)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    adwin_delta: float = Field(0.002, gt=0, lt=1)
+
+
+class HttpSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    ready_max_lag: int = Field(100_000, ge=0)
+
+
+class LogSettings(_Strict):
+    format: Literal["json", "console"] = "json"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class CodecSettings(_Strict):
+    max_message_bytes: int = Field(1_000_000, ge=64)
+    allow_unknown_models: bool = False
+
+
+class Settings(BaseSettings):
+    """The whole service configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTGATE_", env_nested_delimiter="__", extra="forbid", frozen=True,
+    )
+
+    source: Literal["kafka", "faust", "replay"] = "kafka"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    fields: FieldMapping = Field(default_factory=FieldMapping)
+    cloudevents: CloudEventsSettings = Field(default_factory=CloudEventsSettings)
+    models: list[ModelSettings] = Field(min_length=1)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    reference: ReferenceSettings
+    windows: WindowSettings = Field(default_factory=WindowSettings)
+    join: JoinSettings = Field(default_factory=JoinSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    codec: CodecSettings = Field(default_factory=CodecSettings)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[ModelSettings]) -> list[ModelSettings]:
+        names = [m.name for m in models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, got duplicates {dupes!r}")
+        return models
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file is passed in as init kwargs (see load_settings); the
+        # environment overrides it.
+        return (env_settings, init_settings, file_secret_settings)
+
+    def model(self, name: str) -> ModelSettings | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+    def content_hash(self) -> str:
+        """SHA-256 of the effective configuration, secrets masked."""
+        body = self.model_dump(mode="json")
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if "input" in err and err["type"] not in ("missing",) and not isinstance(
+            err["input"], (dict, list)
+        ):
+            msg = f"{msg} (got {err['input']!r})"
+        out.append((prefix + key, msg))
+    return out
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate the YAML config at ``path`` (plus env and overrides).
+
+    Relative paths inside the file (reference path, TLS files) are resolved
+    against the file's directory.
+
+    Raises
+    ------
+    ConfigError
+        Naming each bad key and the reason (unreadable file, bad YAML, unknown
+        key, wrong type or value).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError([("<file>", f"cannot read {str(p)!r}: {exc.strerror}")]) from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([("<file>", f"{str(p)!r} is not valid YAML: {exc}")]) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError([("<root>", f"must be a mapping, got {type(loaded).__name__}")])
+        data = _resolve_paths(loaded, p.parent)
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from exc
+
+
+_PATH_KEYS = {("reference", "path"), ("kafka", "ssl_cafile"), ("kafka", "ssl_certfile"),
+              ("kafka", "ssl_keyfile"), ("kafka", "sasl_password_file")}
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(data)
+    for section, key in _PATH_KEYS:
+        sect = out.get(section)
+        if isinstance(sect, dict) and isinstance(sect.get(key), str):
+            value = Path(sect[key])
+            if not value.is_absolute():
+                sect = dict(sect)
+                sect[key] = str(base / value)
+                out[section] = sect
+    return out

@@ -1,0 +1,543 @@
+"""The streaming engine: per (model, version) window state and evaluation.
+
+The engine takes decoded batches (:class:`monitor.codec.DecodedBatch`) and
+keeps, per model version:
+
+* feature and score histograms against the frozen reference bins, in sliced
+  event-time windows;
+* confusion and amount-weighted counts of joined labels in a (longer) KPI
+  window, plus cumulative totals;
+* river ADWIN detectors on the joined error indicator and on the score.
+
+A bounded join buffer matches labels to predictions by event id in either
+arrival order (labels usually come late, but across topics they may come
+first). Time is event time: the *watermark* is the largest event timestamp
+seen; a prediction older than ``watermark - allowed_lateness`` (or whose slice
+has left the window) is counted as late and kept out of the windows.
+
+:meth:`Engine.evaluate` computes PSI/KL/JS per feature and for the score
+against the reference and canary-vs-champion, and the KPIs with Wilson
+intervals, in O(versions x features x bins).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors import (
+    BatchADWIN,
+    ConfusionCounts,
+    ReferenceProfile,
+    SlicedWindow,
+    compare_proportions,
+    count_by_group,
+    fraud_kpis,
+    js_divergence,
+    kl_divergence,
+    psi,
+)
+from detectors.kpi import FraudKPIs
+from monitor.codec import DecodedBatch, LabelColumns, PredictionColumns
+from monitor.config import Settings
+
+__all__ = ["SCORE_FEATURE", "Engine", "Evaluation", "VersionEvaluation", "VersionState"]
+
+#: The ``feature`` label value used for the model score.
+SCORE_FEATURE = "model_score"
+
+# KPI window layout: integer cells and float amount cells.
+_TP, _FP, _FN, _TN = range(4)
+_CAUGHT, _MISSED, _CAUGHT_SQ, _MISSED_SQ = range(4)
+
+
+@dataclass
+class VersionState:
+    """Everything the engine keeps for one (model, version)."""
+
+    model: str
+    version: str
+    numeric: SlicedWindow
+    categorical: SlicedWindow
+    score: SlicedWindow
+    kpi_counts: SlicedWindow
+    kpi_amounts: SlicedWindow
+    adwin_error: BatchADWIN
+    adwin_score: BatchADWIN
+    predictions_total: int = 0
+    labels_joined_total: int = 0
+    late_total: int = 0
+    late_labels_total: int = 0
+    confusion_total: ConfusionCounts = field(default_factory=ConfusionCounts)
+    adwin_error_detections: int = 0
+    adwin_score_detections: int = 0
+    last_event_ts: float = math.nan
+
+    @property
+    def window_events(self) -> int:
+        """Predictions in the drift window."""
+        return int(self.score.total.sum())
+
+    def kpi_confusion(self) -> ConfusionCounts:
+        """Confusion counts over the KPI window."""
+        c = self.kpi_counts.total
+        a = self.kpi_amounts.total
+        return ConfusionCounts(
+            tp=int(c[_TP]), fp=int(c[_FP]), fn=int(c[_FN]), tn=int(c[_TN]),
+            caught_amount=float(a[_CAUGHT]), missed_amount=float(a[_MISSED]),
+            caught_amount_sq=float(a[_CAUGHT_SQ]), missed_amount_sq=float(a[_MISSED_SQ]),
+        )
+
+
+@dataclass(frozen=True)
+class Divergences:
+    """PSI/KL/JS per feature name (the score under :data:`SCORE_FEATURE`)."""
+
+    psi: dict[str, float]
+    kl: dict[str, float]
+    js: dict[str, float]
+
+
+@dataclass(frozen=True)
+class VersionEvaluation:
+    """One version's evaluation."""
+
+    model: str
+    version: str
+    role: str
+    window_events: int
+    window_bounds: tuple[float, float] | None
+    vs_reference: Divergences | None
+    kpis: FraudKPIs
+    confusion: ConfusionCounts
+    adwin: dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class CanaryComparison:
+    """Canary against champion for one model."""
+
+    model: str
+    champion: str
+    canary: str
+    divergences: Divergences | None
+    kpi_tests: dict[str, dict[str, float | str]]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A full evaluation of the engine's state at one moment."""
+
+    at: float
+    watermark: float
+    versions: dict[tuple[str, str], VersionEvaluation]
+    canaries: dict[str, CanaryComparison]
+    reference_hash: str
+
+
+@dataclass
+class BatchStats:
+    """What one :meth:`Engine.process` call did."""
+
+    predictions: int = 0
+    labels: int = 0
+    late: int = 0
+    joined: int = 0
+
+
+class Engine:
+    """Window state for every (model, version), fed by decoded batches.
+
+    Parameters
+    ----------
+    settings : Settings
+        Windows, join, evaluation and model settings.
+    reference : ReferenceProfile
+        The frozen reference (bins and reference counts).
+    clock : callable, optional
+        Wall clock for evaluation timestamps (default ``time.time``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        reference: ReferenceProfile,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._check_reference(reference)
+        self.reference = reference
+        self.versions: dict[tuple[str, str], VersionState] = {}
+        self.roles: dict[str, dict[str, str]] = {
+            m.name: {"champion": m.champion, **({"canary": m.canary} if m.canary else {})}
+            for m in settings.models
+        }
+        self.watermark = -math.inf
+        # join buffers: event_id -> (version key, slice id, decision, amount)
+        self._pending: OrderedDict[str, tuple[tuple[str, str], int, bool, float, float]] = (
+            OrderedDict())
+        # labels that arrived before their prediction: event_id -> (label, amount, watermark)
+        self._orphans: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+        self.labels_total = 0
+        self.duplicates: Counter[str] = Counter()
+        self.evictions: Counter[str] = Counter()
+        self.unmatched_labels: Counter[str] = Counter()
+        self.invalid: Counter[tuple[str, str]] = Counter()
+        self._evaluation: Evaluation | None = None
+        self._dirty = True
+
+    # -------------------------------------------------------------- reference
+    def _check_reference(self, reference: ReferenceProfile) -> None:
+        feats = self.settings.features
+        if list(reference.numeric.features) != feats.numeric:
+            raise ValueError(f"reference numeric features {list(reference.numeric.features)!r} "
+                             f"differ from the configured features.numeric {feats.numeric!r}")
+        if list(reference.categorical.features) != feats.categorical:
+            raise ValueError(
+                f"reference categorical features {list(reference.categorical.features)!r} "
+                f"differ from the configured features.categorical {feats.categorical!r}")
+
+    def set_reference(self, reference: ReferenceProfile) -> None:
+        """Swap in a new reference; windows restart (their bins changed)."""
+        self._check_reference(reference)
+        self.reference = reference
+        for key, st in list(self.versions.items()):
+            fresh = self._new_state(*key)
+            fresh.predictions_total = st.predictions_total
+            fresh.labels_joined_total = st.labels_joined_total
+            fresh.late_total = st.late_total
+            fresh.confusion_total = st.confusion_total
+            fresh.kpi_counts, fresh.kpi_amounts = st.kpi_counts, st.kpi_amounts
+            self.versions[key] = fresh
+        self._dirty = True
+
+    def set_roles(self, model: str, champion: str, canary: str | None) -> None:
+        """Change which version is champion and which is canary."""
+        if champion == canary:
+            raise ValueError(f"canary must differ from champion, both are {champion!r}")
+        self.roles[model] = {"champion": champion, **({"canary": canary} if canary else {})}
+        self._dirty = True
+
+    def role_of(self, model: str, version: str) -> str:
+        roles = self.roles.get(model, {})
+        for role, v in roles.items():
+            if v == version:
+                return role
+        return "other"
+
+    # ------------------------------------------------------------------ state
+    def _new_state(self, model: str, version: str) -> VersionState:
+        w = self.settings.windows
+        ev = self.settings.evaluation
+        ref = self.reference
+        return VersionState(
+            model=model,
+            version=version,
+            numeric=SlicedWindow(w.n_slices, (len(ref.numeric.features), ref.numeric.n_columns)),
+            categorical=SlicedWindow(
+                w.n_slices, (len(ref.categorical.features), ref.categorical.n_columns)),
+            score=SlicedWindow(w.n_slices, (1, ref.score.n_columns)),
+            kpi_counts=SlicedWindow(w.kpi_n_slices, (4,)),
+            kpi_amounts=SlicedWindow(w.kpi_n_slices, (4,), dtype="float64"),
+            adwin_error=BatchADWIN(delta=ev.adwin_delta),
+            adwin_score=BatchADWIN(delta=ev.adwin_delta),
+        )
+
+    def state(self, model: str, version: str) -> VersionState:
+        key = (model, version)
+        st = self.versions.get(key)
+        if st is None:
+            st = self.versions[key] = self._new_state(model, version)
+        return st
+
+    @property
+    def pending_predictions(self) -> int:
+        return len(self._pending)
+
+    @property
+    def pending_labels(self) -> int:
+        return len(self._orphans)
+
+    def record_invalid(self, kind: str, reason: str, n: int = 1) -> None:
+        """Count rejected records (the codec's reasons) for exposition."""
+        self.invalid[(kind, reason)] += n
+
+    # -------------------------------------------------------------- ingestion
+    def process(self, batch: DecodedBatch) -> BatchStats:
+        """Apply one decoded batch: predictions first, then labels."""
+        stats = BatchStats()
+        if len(batch.predictions):
+            self._process_predictions(batch.predictions, stats)
+        if len(batch.labels):
+            self._process_labels(batch.labels, stats)
+        self._expire()
+        self._dirty = True
+        return stats
+
+    def _process_predictions(self, cols: PredictionColumns, stats: BatchStats) -> None:
+        w = self.settings.windows
+        n = len(cols)
+        stats.predictions += n
+        # Running watermark: event i is late if older than max(ts before i) - lateness.
+        prev = np.maximum.accumulate(np.r_[self.watermark, cols.ts])[:-1]
+        late = cols.ts < prev - w.allowed_lateness_seconds
+        self.watermark = max(self.watermark, float(cols.ts.max()))
+        sids = np.floor(cols.ts / w.slice_seconds).astype(np.int64)
+        head = math.floor(self.watermark / w.slice_seconds)
+        late |= sids <= head - w.n_slices
+        ref = self.reference
+        num_idx = ref.numeric.bin_index(cols.numeric)
+        cat_idx = ref.categorical.bin_index(cols.categorical)
+        score_idx = ref.score.bin_index(cols.score[:, None])
+        keys = [f"{m}\x00{v}" for m, v in zip(cols.model, cols.version, strict=True)]
+        uniq, inverse = np.unique(np.array(keys, dtype=object), return_inverse=True)
+        inverse = inverse.reshape(-1)
+        for g, key in enumerate(uniq.tolist()):
+            model, version = key.split("\x00", 1)
+            st = self.state(model, version)
+            rows = np.flatnonzero(inverse == g)
+            st.predictions_total += rows.size
+            st.last_event_ts = float(np.nanmax(cols.ts[rows]))
+            ok = rows[~late[rows]]
+            n_late = int(rows.size - ok.size)
+            st.late_total += n_late
+            stats.late += n_late
+            if ok.size:
+                u_sids, local = np.unique(sids[ok], return_inverse=True)
+                local = local.reshape(-1)
+                for win, idx, ncols in (
+                    (st.numeric, num_idx, ref.numeric.n_columns),
+                    (st.categorical, cat_idx, ref.categorical.n_columns),
+                    (st.score, score_idx, ref.score.n_columns),
+                ):
+                    win.advance(head)
+                    win.add_many(u_sids, count_by_group(local, idx[ok], u_sids.size, ncols))
+            res = st.adwin_score.update(cols.score[rows])
+            st.adwin_score_detections += int(res.change_positions.size)
+        for st in self.versions.values():
+            for win in (st.numeric, st.categorical, st.score, st.kpi_counts, st.kpi_amounts):
+                win.advance(head)
+        # join buffer
+        pending = self._pending
+        orphans = self._orphans
+        dec = cols.decision.tolist()
+        amt = cols.amount.tolist()
+        ts_l = cols.ts.tolist()
+        sid_l = sids.tolist()
+        joined_rows: list[tuple[tuple[str, str], int, bool, float, int, float]] = []
+        for i, eid in enumerate(cols.event_id):
+            if eid in pending:
+                self.duplicates["prediction"] += 1
+                continue
+            key2 = (cols.model[i], cols.version[i])
+            orphan = orphans.pop(eid, None)
+            if orphan is not None:
+                joined_rows.append((key2, sid_l[i], dec[i], amt[i], orphan[0], orphan[1]))
+                continue
+            pending[eid] = (key2, sid_l[i], dec[i], amt[i], ts_l[i])
+        if joined_rows:
+            self._apply_joined(joined_rows, stats)
+        cap = self.settings.join.max_pending
+        while len(pending) > cap:
+            pending.popitem(last=False)
+            self.evictions["capacity"] += 1
+
+    def _process_labels(self, cols: LabelColumns, stats: BatchStats) -> None:
+        stats.labels += len(cols)
+        self.labels_total += len(cols)
+        pending = self._pending
+        orphans = self._orphans
+        joined_rows: list[tuple[tuple[str, str], int, bool, float, int, float]] = []
+        labels = cols.label.tolist()
+        amounts = cols.amount.tolist()
+        for i, eid in enumerate(cols.event_id):
+            p = pending.pop(eid, None)
+            if p is None:
+                if eid in orphans:
+                    self.duplicates["label"] += 1
+                    continue
+                if self.settings.join.max_orphan_labels == 0:
+                    self.unmatched_labels["no_prediction"] += 1
+                    continue
+                orphans[eid] = (labels[i], amounts[i], self.watermark)
+                continue
+            key, sid, decision, amount, _ts = p
+            joined_rows.append((key, sid, decision, amount, labels[i], amounts[i]))
+        if joined_rows:
+            self._apply_joined(joined_rows, stats)
+        cap = self.settings.join.max_orphan_labels
+        while len(orphans) > cap:
+            orphans.popitem(last=False)
+            self.unmatched_labels["capacity"] += 1
+
+    def _apply_joined(
+        self,
+        rows: list[tuple[tuple[str, str], int, bool, float, int, float]],
+        stats: BatchStats,
+    ) -> None:
+        by_key: dict[tuple[str, str], list[int]] = {}
+        for i, r in enumerate(rows):
+            by_key.setdefault(r[0], []).append(i)
+        for key, idxs in by_key.items():
+            st = self.state(*key)
+            sid = np.array([rows[i][1] for i in idxs], dtype=np.int64)
+            d = np.array([rows[i][2] for i in idxs], dtype=bool)
+            y = np.array([rows[i][4] for i in idxs], dtype=bool)
+            pa = np.array([rows[i][3] for i in idxs], dtype=np.float64)
+            la = np.array([rows[i][5] for i in idxs], dtype=np.float64)
+            amount = np.where(np.isnan(pa), la, pa)
+            amount = np.where(np.isnan(amount), 0.0, amount)
+            cell = np.where(y, np.where(d, _TP, _FN), np.where(d, _FP, _TN))
+            u_sids, local = np.unique(sid, return_inverse=True)
+            local = local.reshape(-1)
+            counts = np.zeros((u_sids.size, 4), dtype=np.int64)
+            np.add.at(counts, (local, cell), 1)
+            amounts = np.zeros((u_sids.size, 4), dtype=np.float64)
+            caught = cell == _TP
+            missed = cell == _FN
+            np.add.at(amounts, (local[caught], _CAUGHT), amount[caught])
+            np.add.at(amounts, (local[missed], _MISSED), amount[missed])
+            np.add.at(amounts, (local[caught], _CAUGHT_SQ), amount[caught] ** 2)
+            np.add.at(amounts, (local[missed], _MISSED_SQ), amount[missed] ** 2)
+            refused = st.kpi_counts.add_many(u_sids, counts)
+            st.kpi_amounts.add_many(u_sids, amounts)
+            if refused.size:
+                st.late_labels_total += int(counts[np.isin(u_sids, refused)].sum())
+            st.confusion_total = st.confusion_total + ConfusionCounts(
+                tp=int((cell == _TP).sum()), fp=int((cell == _FP).sum()),
+                fn=int((cell == _FN).sum()), tn=int((cell == _TN).sum()),
+                caught_amount=float(amount[caught].sum()),
+                missed_amount=float(amount[missed].sum()),
+                caught_amount_sq=float((amount[caught] ** 2).sum()),
+                missed_amount_sq=float((amount[missed] ** 2).sum()),
+            )
+            st.labels_joined_total += len(idxs)
+            stats.joined += len(idxs)
+            res = st.adwin_error.update((d != y).astype(np.float64))
+            st.adwin_error_detections += int(res.change_positions.size)
+
+    def _expire(self) -> None:
+        if not math.isfinite(self.watermark):
+            return
+        horizon = self.watermark - self.settings.join.ttl_seconds
+        pending = self._pending
+        while pending:
+            eid, entry = next(iter(pending.items()))
+            if entry[4] >= horizon:
+                break
+            del pending[eid]
+            self.evictions["ttl"] += 1
+        orphans = self._orphans
+        while orphans:
+            eid, o = next(iter(orphans.items()))
+            if o[2] >= horizon:
+                break
+            del orphans[eid]
+            self.unmatched_labels["ttl"] += 1
+
+    # ------------------------------------------------------------- evaluation
+    def _divergences(self, ref_num: npt.NDArray[Any], ref_cat: npt.NDArray[Any],
+                     ref_score: npt.NDArray[Any], st: VersionState) -> Divergences | None:
+        if st.window_events == 0 or ref_score.sum() == 0:
+            return None
+        eps = self.settings.evaluation.eps
+        names = list(self.reference.numeric.features) + list(
+            self.reference.categorical.features) + [SCORE_FEATURE]
+        out_psi: list[float] = []
+        out_kl: list[float] = []
+        out_js: list[float] = []
+        for ref, cur in ((ref_num, st.numeric.total), (ref_cat, st.categorical.total),
+                         (ref_score, st.score.total)):
+            if ref.shape[0] == 0:
+                continue
+            out_psi.extend(np.atleast_1d(psi(ref, cur, eps)).tolist())
+            out_kl.extend(np.atleast_1d(kl_divergence(ref, cur, eps)).tolist())
+            out_js.extend(np.atleast_1d(js_divergence(ref, cur, eps)).tolist())
+        return Divergences(dict(zip(names, out_psi, strict=True)),
+                           dict(zip(names, out_kl, strict=True)),
+                           dict(zip(names, out_js, strict=True)))
+
+    def evaluate(self) -> Evaluation:
+        """Evaluate every version now (O(versions x features x bins))."""
+        ref = self.reference
+        conf = self.settings.evaluation.confidence
+        w = self.settings.windows
+        versions: dict[tuple[str, str], VersionEvaluation] = {}
+        for key, st in self.versions.items():
+            counts = st.kpi_confusion()
+            bounds = st.score.bounds
+            versions[key] = VersionEvaluation(
+                model=st.model,
+                version=st.version,
+                role=self.role_of(*key),
+                window_events=st.window_events,
+                window_bounds=(None if bounds is None else
+                               (bounds[0] * w.slice_seconds, (bounds[1] + 1) * w.slice_seconds)),
+                vs_reference=self._divergences(ref.numeric_counts, ref.categorical_counts,
+                                               ref.score_counts, st),
+                kpis=fraud_kpis(counts, conf),
+                confusion=counts,
+                adwin={
+                    "error": {"mean": st.adwin_error.mean, "width": st.adwin_error.width,
+                              "detections": st.adwin_error_detections},
+                    "score": {"mean": st.adwin_score.mean, "width": st.adwin_score.width,
+                              "detections": st.adwin_score_detections},
+                },
+            )
+        canaries: dict[str, CanaryComparison] = {}
+        for model, roles in self.roles.items():
+            champ, canary = roles.get("champion"), roles.get("canary")
+            if champ is None or canary is None:
+                continue
+            cst = self.versions.get((model, champ))
+            kst = self.versions.get((model, canary))
+            if cst is None or kst is None:
+                continue
+            div = (self._divergences(cst.numeric.total, cst.categorical.total,
+                                     cst.score.total, kst)
+                   if cst.window_events else None)
+            canaries[model] = CanaryComparison(model, champ, canary, div,
+                                               _kpi_tests(cst.kpi_confusion(),
+                                                          kst.kpi_confusion()))
+        ev = Evaluation(at=self.clock(), watermark=self.watermark, versions=versions,
+                        canaries=canaries, reference_hash=ref.content_hash)
+        self._evaluation = ev
+        self._dirty = False
+        return ev
+
+    def snapshot(self) -> Evaluation:
+        """The latest evaluation, recomputed if any batch arrived since."""
+        if self._dirty or self._evaluation is None:
+            return self.evaluate()
+        return self._evaluation
+
+
+def _kpi_tests(champion: ConfusionCounts,
+               canary: ConfusionCounts) -> dict[str, dict[str, float | str]]:
+    """Canary-vs-champion proportion tests (canary lower than champion)."""
+    out: dict[str, dict[str, float | str]] = {}
+    pairs = {
+        "catch_rate": ((canary.tp, canary.frauds), (champion.tp, champion.frauds)),
+        "precision": ((canary.tp, canary.tp + canary.fp),
+                      (champion.tp, champion.tp + champion.fp)),
+        "alert_rate": ((canary.tp + canary.fp, canary.n), (champion.tp + champion.fp,
+                                                          champion.n)),
+    }
+    for name, ((sa, na), (sb, nb)) in pairs.items():
+        if na < 1 or nb < 1:
+            continue
+        alternative: Literal["two-sided", "less"] = (
+            "two-sided" if name == "alert_rate" else "less")
+        r = compare_proportions(sa, na, sb, nb, alternative=alternative)
+        out[name] = {"difference": r.difference, "p_value": r.p_value, "method": r.method,
+                     "alternative": r.alternative, "canary": r.p_a, "champion": r.p_b,
+                     "canary_n": float(na), "champion_n": float(nb)}
+    return out

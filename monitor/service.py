@@ -1,0 +1,232 @@
+"""The service loop: poll a source, decode, apply to the engine, commit.
+
+One batch, end to end: the source's ``poll`` returns records of both topics;
+the codec turns them into columns and rejections; rejections go to the
+dead-letter sink (and are counted); the engine applies the valid events; once
+the dead letters are acknowledged and the engine state stored, the batch's
+offsets are committed (at-least-once). An evaluator task ticks every
+``evaluation.tick_seconds`` and hands the evaluation to the registered tick
+handlers (the decision layer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from detectors import ReferenceProfile
+from monitor.codec import DecodedBatch, EventCodec
+from monitor.config import Settings
+from monitor.engine import Engine, Evaluation
+from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus
+from monitor.sources import DeadLetterSink, Source, SourceBatch
+
+__all__ = ["Service", "TickHandler"]
+
+log = structlog.get_logger("driftgate.service")
+
+TickHandler = Callable[[Evaluation], Awaitable[None]]
+
+
+class Service:
+    """Runs a source through the codec and engine, with an evaluator tick.
+
+    Parameters
+    ----------
+    settings : Settings
+        The validated configuration.
+    source : Source
+        Kafka, Faust or replay source.
+    dead_letters : DeadLetterSink
+        Where rejected records go.
+    reference : ReferenceProfile, optional
+        The frozen reference; when None, ``reference.fit_from_champion_events``
+        champion predictions are buffered, the profile fitted on them, and the
+        buffered batches then applied.
+    registry : CollectorRegistry, optional
+        Registry for the metrics (a new one by default; never the global one).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        dead_letters: DeadLetterSink,
+        reference: ReferenceProfile | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.dead_letters = dead_letters
+        self.clock = clock
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ServiceMetrics(self.registry)
+        self.codec = EventCodec(settings)
+        self.engine: Engine | None = None
+        self._bootstrap: list[DecodedBatch] = []
+        self._bootstrap_n = 0
+        self._bootstrap_offsets: dict[tuple[str, int], int] = {}
+        self._pending_invalid: list[tuple[str, str]] = []
+        if reference is not None:
+            self._set_engine(Engine(settings, reference, clock))
+        elif settings.reference.fit_from_champion_events <= 0:
+            raise ValueError("no reference profile given and reference.fit_from_champion_"
+                             "events is 0")
+        self.tick_handlers: list[TickHandler] = []
+        self.extra_metrics: list[Callable[[], Any]] = []
+        self.batches = 0
+        self.records = 0
+        self.started_at = clock()
+        self.stopping = asyncio.Event()
+        self.last_evaluation: Evaluation | None = None
+
+    # ---------------------------------------------------------------- helpers
+    def _set_engine(self, engine: Engine) -> None:
+        self.engine = engine
+        self.registry.register(EngineCollector(engine, status=self.source.status,
+                                               extra=self._extra, ready=self.ready))
+
+    def _extra(self) -> Any:
+        for fn in self.extra_metrics:
+            yield from fn()
+
+    def status(self) -> SourceStatus:
+        return self.source.status()
+
+    def ready(self) -> bool:
+        """Engine built, partitions assigned, connected, and lag under the bound."""
+        if self.engine is None:
+            return False
+        st = self.source.status()
+        if not st.connected or not st.assigned:
+            return False
+        return all(lag <= self.settings.http.ready_max_lag for lag in st.lag.values())
+
+    # ------------------------------------------------------------- processing
+    async def handle(self, batch: SourceBatch) -> None:
+        """Process one polled batch and commit its offsets."""
+        if not len(batch):
+            return
+        t0 = time.perf_counter()
+        decoded = self.codec.decode(batch.predictions, batch.labels)
+        for rec in batch.unknown:
+            await self.dead_letters.send(rec, "unknown_topic", f"topic {rec.topic!r} is not "
+                                         "a predictions or labels topic")
+        for rj in decoded.rejected:
+            kind = "label" if rj.record.topic == self.settings.kafka.labels_topic else \
+                "prediction"
+            await self.dead_letters.send(rj.record, rj.reason, rj.detail)
+            self._count_invalid(kind, rj.reason)
+        for _rec in batch.unknown:
+            self._count_invalid("unknown", "unknown_topic")
+        await self.dead_letters.flush()
+        if self.engine is None:
+            self._bootstrap_offsets.update(batch.next_offsets)
+            self._buffer_for_reference(decoded)
+            if self.engine is not None:  # the reference was just fitted
+                await self.source.commit(self._bootstrap_offsets)
+                self._bootstrap_offsets = {}
+        else:
+            self.engine.process(decoded)
+            await self.source.commit(batch.next_offsets)
+        self.batches += 1
+        self.records += len(batch)
+        self.metrics.batch_duration.observe(time.perf_counter() - t0)
+        self.metrics.batch_events.observe(len(batch))
+
+    def _count_invalid(self, kind: str, reason: str) -> None:
+        if self.engine is not None:
+            self.engine.record_invalid(kind, reason)
+        else:
+            self._pending_invalid.append((kind, reason))
+
+    def _buffer_for_reference(self, decoded: DecodedBatch) -> None:
+        import numpy as np
+
+        self._bootstrap.append(decoded)
+        champions = {m.name: m.champion for m in self.settings.models}
+        preds = decoded.predictions
+        self._bootstrap_n += sum(1 for m, v in zip(preds.model, preds.version, strict=True)
+                                 if champions.get(m) == v)
+        need = self.settings.reference.fit_from_champion_events
+        if self._bootstrap_n < need:
+            return
+        num: list[Any] = []
+        scores: list[Any] = []
+        cats: dict[str, list[object]] = {c: [] for c in self.settings.features.categorical}
+        for b in self._bootstrap:
+            p = b.predictions
+            mask = np.array([champions.get(m) == v for m, v in zip(p.model, p.version,
+                                                                     strict=True)], dtype=bool)
+            num.append(p.numeric[mask])
+            scores.append(p.score[mask])
+            for c in cats:
+                cats[c].extend(x for x, keep in zip(p.categorical[c], mask, strict=True)
+                               if keep)
+        matrix = np.concatenate(num) if num else np.empty((0, 0))
+        ref = ReferenceProfile.fit(
+            {f: matrix[:, j] for j, f in enumerate(self.settings.features.numeric)},
+            cats, np.concatenate(scores), n_bins=self.settings.reference.n_bins,
+            top_k=self.settings.reference.top_k,
+            metadata={"source": "champion events", "events": int(matrix.shape[0])},
+        )
+        log.info("reference fitted from champion events", events=int(matrix.shape[0]),
+                 hash=ref.content_hash[:16])
+        engine = Engine(self.settings, ref, self.clock)
+        self._set_engine(engine)
+        for kind, reason in self._pending_invalid:
+            engine.record_invalid(kind, reason)
+        self._pending_invalid = []
+        for b in self._bootstrap:
+            engine.process(b)
+        self._bootstrap = []
+
+    # ---------------------------------------------------------------- running
+    async def tick(self) -> Evaluation | None:
+        """Evaluate now and run the tick handlers."""
+        if self.engine is None:
+            return None
+        ev = self.engine.evaluate()
+        self.last_evaluation = ev
+        for handler in list(self.tick_handlers):
+            try:
+                await handler(ev)
+            except Exception:
+                log.exception("tick handler failed")
+        return ev
+
+    async def _ticker(self) -> None:
+        period = self.settings.evaluation.tick_seconds
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=period)
+            await self.tick()
+
+    async def run(self, until_exhausted: bool = False) -> None:
+        """Poll until :attr:`stopping` is set (or the source is exhausted).
+
+        On stop the batch in hand is finished and committed before returning
+        (the drain on SIGTERM).
+        """
+        await self.source.start()
+        ticker = asyncio.create_task(self._ticker(), name="driftgate-evaluator")
+        try:
+            while not self.stopping.is_set():
+                batch = await self.source.poll(0.2)
+                await self.handle(batch)
+                if until_exhausted and self.source.exhausted:
+                    break
+        finally:
+            self.stopping.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            await self.tick()
+            await self.source.stop()
+            log.info("stopped", batches=self.batches, records=self.records)

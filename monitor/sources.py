@@ -1,0 +1,397 @@
+"""Sources: where records come from. All feed the service through one interface.
+
+* :class:`KafkaSource` — aiokafka consumer group over the predictions and labels
+  topics, ``getmany()`` batches, ``enable_auto_commit=False``; offsets are
+  committed by the service only after a batch's effects are stored. A
+  rebalance listener commits processed offsets on revoke and asks an optional
+  hook for stored offsets on assign.
+* :class:`ReplaySource` — a JSONL or Parquet file of events, for backfills and
+  offline evaluation.
+
+The Faust source lives in :mod:`monitor.faust_source`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+import structlog
+
+from monitor.codec import RawRecord
+from monitor.config import KafkaSettings
+from monitor.metrics import SourceStatus
+
+__all__ = [
+    "DeadLetterSink",
+    "KafkaDeadLetterSink",
+    "KafkaSource",
+    "MemoryDeadLetterSink",
+    "ReplaySource",
+    "Source",
+    "SourceBatch",
+    "kafka_client_options",
+]
+
+log = structlog.get_logger("driftgate.source")
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass
+class SourceBatch:
+    """Records of one poll, split by kind, and the offsets to commit after them."""
+
+    predictions: list[RawRecord] = field(default_factory=list)
+    labels: list[RawRecord] = field(default_factory=list)
+    unknown: list[RawRecord] = field(default_factory=list)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.predictions) + len(self.labels) + len(self.unknown)
+
+
+class Source(Protocol):
+    """What the service needs from a source."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def poll(self, timeout_s: float) -> SourceBatch: ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+    def status(self) -> SourceStatus: ...
+
+    @property
+    def exhausted(self) -> bool: ...
+
+
+class DeadLetterSink(Protocol):
+    """Where rejected records go (with their reason)."""
+
+    async def send(self, record: RawRecord, reason: str, detail: str) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+def kafka_client_options(cfg: KafkaSettings) -> dict[str, Any]:
+    """aiokafka keyword arguments for brokers and security."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": cfg.bootstrap_servers,
+        "client_id": cfg.client_id,
+        "security_protocol": cfg.security_protocol,
+    }
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(
+            cafile=str(cfg.ssl_cafile) if cfg.ssl_cafile else None)
+        if cfg.ssl_certfile is not None:
+            ctx.load_cert_chain(str(cfg.ssl_certfile),
+                                str(cfg.ssl_keyfile) if cfg.ssl_keyfile else None)
+        opts["ssl_context"] = ctx
+    if cfg.security_protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = cfg.sasl_mechanism
+        opts["sasl_plain_username"] = cfg.sasl_username
+        opts["sasl_plain_password"] = cfg.password()
+    return opts
+
+
+def _record(msg: Any) -> RawRecord:
+    return RawRecord(
+        topic=msg.topic, partition=msg.partition, offset=msg.offset, value=msg.value,
+        headers=list(msg.headers or ()), timestamp_ms=msg.timestamp, key=msg.key,
+    )
+
+
+OnAssign = Callable[[Sequence[TopicPartition]], Awaitable[dict[TopicPartition, int] | None]]
+OnRevoke = Callable[[Sequence[TopicPartition]], Awaitable[None]]
+
+
+class KafkaSource:
+    """aiokafka consumer-group source over the predictions and labels topics.
+
+    Parameters
+    ----------
+    cfg : KafkaSettings
+        Brokers, topics, group and tuning.
+    on_assign : async callable, optional
+        Called with newly assigned partitions; may return ``{tp: offset}`` to
+        seek to (a state store that keeps offsets with its counts).
+    on_revoke : async callable, optional
+        Called with partitions about to be revoked, before the final commit.
+    """
+
+    def __init__(self, cfg: KafkaSettings, on_assign: OnAssign | None = None,
+                 on_revoke: OnRevoke | None = None) -> None:
+        self.cfg = cfg
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._consumer: Any = None
+        self._processed: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._assigned: set[TopicPartition] = set()
+        self._connected = False
+        self.rebalances = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+        source = self
+
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                tps = [(tp.topic, tp.partition) for tp in revoked]
+                if source._on_revoke is not None:
+                    await source._on_revoke(tps)
+                await source._commit_processed(tps)
+                source._assigned -= set(tps)
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                source.rebalances += 1
+                tps = [(tp.topic, tp.partition) for tp in assigned]
+                source._assigned = set(tps)
+                if source._on_assign is not None:
+                    seek = await source._on_assign(tps)
+                    for tp in assigned:
+                        key = (tp.topic, tp.partition)
+                        if seek and key in seek:
+                            source._consumer.seek(tp, seek[key])
+                log.info("partitions assigned", partitions=sorted(tps))
+
+        cfg = self.cfg
+        self._consumer = AIOKafkaConsumer(
+            **kafka_client_options(cfg),
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.auto_offset_reset,
+            max_poll_records=cfg.max_poll_records,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            metadata_max_age_ms=30_000,
+        )
+        self._consumer.subscribe([cfg.predictions_topic, cfg.labels_topic], listener=_Listener())
+        await self._consumer.start()
+        self._connected = True
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            try:
+                await consumer.stop()
+            finally:
+                self._connected = False
+
+    async def poll(self, timeout_s: float) -> SourceBatch:
+        from aiokafka.errors import KafkaError
+
+        batch = SourceBatch()
+        try:
+            data = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000))
+            self._connected = True
+        except KafkaError as exc:
+            self._connected = False
+            log.warning("fetch failed; retrying", error=str(exc))
+            await asyncio.sleep(min(timeout_s, 1.0))
+            return batch
+        pred_topic, label_topic = self.cfg.predictions_topic, self.cfg.labels_topic
+        for tp, msgs in data.items():
+            if not msgs:
+                continue
+            target = (batch.predictions if tp.topic == pred_topic else
+                      batch.labels if tp.topic == label_topic else batch.unknown)
+            target.extend(_record(m) for m in msgs)
+            batch.next_offsets[(tp.topic, tp.partition)] = msgs[-1].offset + 1
+        return batch
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Record offsets as processed and commit them to the group."""
+        self._processed.update(offsets)
+        await self._commit_processed(list(offsets))
+
+    async def _commit_processed(self, tps: Sequence[TopicPartition]) -> None:
+        from aiokafka import TopicPartition as KafkaTP
+        from aiokafka.structs import OffsetAndMetadata
+
+        todo = {KafkaTP(t, p): OffsetAndMetadata(self._processed[(t, p)], "")
+                for t, p in tps
+                if (t, p) in self._processed and self._committed.get((t, p))
+                != self._processed[(t, p)]}
+        if not todo or self._consumer is None:
+            return
+        await self._consumer.commit(todo)
+        for tp, om in todo.items():
+            self._committed[(tp.topic, tp.partition)] = om.offset
+
+    def status(self) -> SourceStatus:
+        lag: dict[TopicPartition, int] = {}
+        consumer = self._consumer
+        if consumer is not None:
+            from aiokafka import TopicPartition as KafkaTP
+
+            for t, p in self._assigned:
+                hw = consumer.highwater(KafkaTP(t, p))
+                if hw is None:
+                    continue
+                done = self._processed.get((t, p), self._committed.get((t, p), 0))
+                lag[(t, p)] = max(int(hw) - done, 0)
+        return SourceStatus(assigned=set(self._assigned), lag=lag,
+                            committed=dict(self._committed), connected=self._connected)
+
+    @property
+    def committed(self) -> dict[TopicPartition, int]:
+        return dict(self._committed)
+
+
+class ReplaySource:
+    """Replays a JSONL or Parquet file of events, in file order.
+
+    A row is a label event when it has the label field and no score field;
+    otherwise a prediction. Each row becomes a record with offset = row number.
+    """
+
+    def __init__(self, path: str | Path, predictions_topic: str, labels_topic: str,
+                 label_field: str = "label", score_field: str = "score",
+                 batch_size: int = 5000) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f"replay file {str(self.path)!r} does not exist")
+        suffix = self.path.suffix.lower()
+        if suffix not in (".jsonl", ".json", ".ndjson", ".parquet"):
+            raise ValueError(f"replay file must be .jsonl or .parquet, got {suffix!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.predictions_topic = predictions_topic
+        self.labels_topic = labels_topic
+        self.label_field = label_field
+        self.score_field = score_field
+        self.batch_size = batch_size
+        self._rows: Iterator[tuple[int, bytes]] | None = None
+        self._done = False
+        self._read = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self._done
+
+    def _iter_rows(self) -> Iterator[tuple[int, bytes]]:
+        if self.path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            enc = msgspec.json.Encoder()
+            table = pq.read_table(self.path)
+            for i, row in enumerate(table.to_pylist()):
+                yield i, enc.encode({k: v for k, v in row.items() if v is not None})
+        else:
+            with self.path.open("rb") as fh:
+                for i, line in enumerate(fh):
+                    line = line.strip()
+                    if line:
+                        yield i, line
+
+    async def start(self) -> None:
+        self._rows = self._iter_rows()
+
+    async def stop(self) -> None:
+        self._rows = None
+
+    def _is_label(self, value: bytes) -> bool:
+        lf = f'"{self.label_field}"'.encode()
+        sf = f'"{self.score_field}"'.encode()
+        return lf in value and sf not in value
+
+    async def poll(self, timeout_s: float) -> SourceBatch:
+        batch = SourceBatch()
+        if self._rows is None or self._done:
+            return batch
+        for i, value in self._rows:
+            if self._is_label(value):
+                batch.labels.append(RawRecord(self.labels_topic, 0, i, value))
+            else:
+                batch.predictions.append(RawRecord(self.predictions_topic, 0, i, value))
+            batch.next_offsets[("replay", 0)] = i + 1
+            if len(batch) >= self.batch_size:
+                break
+        else:
+            self._done = True
+        self._read += len(batch)
+        await asyncio.sleep(0)
+        return batch
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        return None
+
+    def status(self) -> SourceStatus:
+        return SourceStatus(assigned={("replay", 0)}, connected=True)
+
+
+class MemoryDeadLetterSink:
+    """Keeps dead letters in a list (replay mode, unit tests)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[RawRecord, str, str]] = []
+
+    async def send(self, record: RawRecord, reason: str, detail: str) -> None:
+        self.records.append((record, reason, detail))
+
+    async def flush(self) -> None:
+        return None
+
+
+class KafkaDeadLetterSink:
+    """Produces rejected records to the dead-letter topic, reason in headers.
+
+    Headers added: ``driftgate-reason``, ``driftgate-detail`` (truncated to
+    1 KiB), ``driftgate-source`` (``topic/partition/offset``); the original
+    headers and key are kept. :meth:`flush` waits until every send is acked,
+    so the service commits source offsets only after the dead letters are safe.
+    """
+
+    def __init__(self, cfg: KafkaSettings) -> None:
+        self.cfg = cfg
+        self._producer: Any = None
+        self._futures: list[asyncio.Future[Any]] = []
+        self.sent = 0
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self._producer = AIOKafkaProducer(**kafka_client_options(self.cfg), acks="all",
+                                          enable_idempotence=False, linger_ms=5)
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def send(self, record: RawRecord, reason: str, detail: str) -> None:
+        headers = [*record.headers,
+                   ("driftgate-reason", reason.encode()),
+                   ("driftgate-detail", detail.encode("utf-8", "replace")[:1024]),
+                   ("driftgate-source",
+                    f"{record.topic}/{record.partition}/{record.offset}".encode())]
+        fut = await self._producer.send(self.cfg.dead_letter_topic, value=record.value or b"",
+                                        key=record.key, headers=headers)
+        self._futures.append(fut)
+
+    async def flush(self) -> None:
+        futures, self._futures = self._futures, []
+        if futures:
+            await asyncio.gather(*futures)
+            self.sent += len(futures)
+
+    async def publish(self, topic: str, value: bytes, key: bytes | None = None,
+                      headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """Produce one record to another topic and wait for the ack."""
+        await self._producer.send_and_wait(topic, value=value, key=key, headers=list(headers))
