@@ -1,0 +1,120 @@
+"""The ``driftgate`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from monitor.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(help="driftgate: streaming drift and fraud-KPI monitoring with canary "
+                  "rollback.", no_args_is_help=True, add_completion=False)
+reference_app = typer.Typer(help="Reference profiles (frozen bins).", no_args_is_help=True)
+app.add_typer(reference_app, name="reference")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def run(config: ConfigOpt,
+        source: Annotated[str | None, typer.Option(help="kafka, faust or replay")] = None
+        ) -> None:
+    """Run the service (SIGTERM drains, commits and exits 0)."""
+    from monitor.logs import configure_logging
+    from monitor.runner import run_service
+
+    overrides: dict[str, Any] = {"source": source} if source else {}
+    settings = _settings(config, **overrides)
+    configure_logging(settings.log.format, settings.log.level)
+    try:
+        asyncio.run(run_service(settings))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def replay(file: Annotated[Path, typer.Argument(help="JSONL or Parquet events.")],
+           config: ConfigOpt) -> None:
+    """Replay a file of events through the engine; print the evaluation as JSON."""
+    from monitor.http import status_document
+    from monitor.logs import configure_logging
+    from monitor.runner import run_service
+
+    settings = _settings(config, source="replay")
+    configure_logging(settings.log.format, "warning")
+    from monitor.runner import make_source
+
+    try:
+        src = make_source(settings, file)
+        service = asyncio.run(run_service(settings, source=src, install_signals=False,
+                                          until_exhausted=True, serve_http=False))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    doc = status_document(service)
+    doc["invalid"] = ({f"{k}/{r}": n for (k, r), n in service.engine.invalid.items()}
+                      if service.engine else {})
+    typer.echo(json.dumps(doc, indent=2, default=str))
+
+
+@reference_app.command("fit")
+def reference_fit(
+    data: Annotated[Path, typer.Argument(help="Reference data: .parquet, .csv or .jsonl")],
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Profile JSON to write.")],
+    model: Annotated[str | None, typer.Option(help="Only rows of this model.")] = None,
+    version: Annotated[str | None, typer.Option(help="Only rows of this version.")] = None,
+) -> None:
+    """Fit frozen reference bins on a data set and write the profile."""
+    from monitor.reference_io import fit_reference_file
+
+    settings = _settings(config, reference={"fit_from_champion_events": 1})
+    try:
+        profile = fit_reference_file(data, settings, model=model, version=version)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    out.write_text(profile.to_json())
+    typer.echo(json.dumps({"out": str(out), "events": profile.n_events,
+                           "hash": profile.content_hash}))
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds of traffic.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """Run the end-to-end demo on embedded defaults."""
+    from monitor.demo import run_demo
+
+    raise typer.Exit(run_demo(duration=duration, seed=seed))
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from importlib.metadata import version as _v
+
+    typer.echo(_v("driftgate"))
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,92 @@
+"""Wiring: build a :class:`Service` from settings and run it with its HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from detectors import ReferenceProfile
+from monitor.config import Settings
+from monitor.http import build_app, start_http
+from monitor.service import Service
+from monitor.sources import (
+    DeadLetterSink,
+    KafkaDeadLetterSink,
+    KafkaSource,
+    MemoryDeadLetterSink,
+    ReplaySource,
+    Source,
+)
+
+__all__ = ["load_reference", "make_source", "run_service"]
+
+log = structlog.get_logger("driftgate.runner")
+
+
+def load_reference(settings: Settings) -> ReferenceProfile | None:
+    """The configured reference profile, or None to fit from champion events."""
+    path = settings.reference.path
+    if path is None:
+        return None
+    try:
+        return ReferenceProfile.from_json(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"reference.path {str(path)!r}: {exc}") from exc
+
+
+def make_source(settings: Settings, replay_file: Path | None = None) -> Source:
+    """The source named by ``settings.source``."""
+    if settings.source == "replay" or replay_file is not None:
+        if replay_file is None:
+            raise ValueError("source 'replay' needs a file")
+        return ReplaySource(replay_file, settings.kafka.predictions_topic,
+                            settings.kafka.labels_topic, settings.fields.label,
+                            settings.fields.score)
+    if settings.source == "faust":
+        from monitor.faust_source import FaustSource
+
+        return FaustSource(settings)
+    return KafkaSource(settings.kafka)
+
+
+async def run_service(settings: Settings, source: Source | None = None,
+                      dead_letters: DeadLetterSink | None = None,
+                      install_signals: bool = True, until_exhausted: bool = False,
+                      serve_http: bool = True) -> Service:
+    """Run the service until SIGTERM/SIGINT (or the source runs out)."""
+    src = source if source is not None else make_source(settings)
+    sink: Any = dead_letters
+    own_sink = False
+    if sink is None:
+        if isinstance(src, ReplaySource):
+            sink = MemoryDeadLetterSink()
+        else:
+            sink = KafkaDeadLetterSink(settings.kafka)
+            own_sink = True
+    if own_sink:
+        await sink.start()
+    service = Service(settings, src, sink, load_reference(settings))
+    loop = asyncio.get_running_loop()
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stopping.set)
+    runner = None
+    try:
+        if serve_http:
+            runner, port = await start_http(build_app(service), settings.http.host,
+                                            settings.http.port)
+            log.info("http listening", host=settings.http.host, port=port)
+        await service.run(until_exhausted=until_exhausted)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        if own_sink:
+            await sink.stop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    return service
