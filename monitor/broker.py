@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import signal
 import socket
 import struct
@@ -54,6 +55,7 @@ _POLL_INTERVAL_S: Final = 0.05
 _LOG_TAIL_BYTES: Final = 4000
 _PORT_ATTEMPTS: Final = 3
 _TOPIC_ALREADY_EXISTS: Final = 36
+_ANSI_ESCAPE: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _validate_host(host: object) -> str:
@@ -594,9 +596,10 @@ class EmbeddedBroker:
             with self._log_path.open("rb") as fh:
                 fh.seek(0, os.SEEK_END)
                 fh.seek(max(0, fh.tell() - _LOG_TAIL_BYTES))
-                return fh.read().decode(errors="replace").strip() or "(empty)"
+                text = fh.read().decode(errors="replace")
         except OSError as exc:
             return f"(log unreadable: {exc})"
+        return _ANSI_ESCAPE.sub("", text).strip() or "(empty)"
 
     def _close_log(self, *, delete: bool) -> None:
         if self._log_file is not None:

@@ -230,11 +230,14 @@ class EventCodec:
         return cfg.threshold if cfg is not None else 0.5
 
     @staticmethod
-    def _classify(exc: Exception, score_field: str) -> tuple[str, str]:
+    def _classify(exc: Exception, score_field: str, value: bytes | None = None
+                  ) -> tuple[str, str]:
         msg = str(exc)
         if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
-            if "invalid utf-8" in msg.lower() or "utf-8" in msg.lower():
-                return "not_utf8", msg
+            try:
+                (value or b"").decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                return "not_utf8", f"value is not UTF-8: {uexc}"
             return "not_json", msg
         missing = _MISSING_RE.search(msg)
         if missing:
@@ -327,7 +330,7 @@ class EventCodec:
                 rejected.append(Rejected(rec, rj.reason, rj.detail))
                 continue
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                reason, detail = self._classify(exc, score_field)
+                reason, detail = self._classify(exc, score_field, rec.value)
                 rejected.append(Rejected(rec, reason, detail))
                 continue
             problem = self._validate_prediction(ev)
@@ -408,7 +411,7 @@ class EventCodec:
                 rejected.append(Rejected(rec, rj.reason, rj.detail))
                 continue
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                reason, detail = self._classify(exc, "")
+                reason, detail = self._classify(exc, "", rec.value)
                 rejected.append(Rejected(rec, reason, detail))
                 continue
             lab = ev.label

@@ -358,6 +358,7 @@ class Engine:
         joined_rows: list[tuple[tuple[str, str], int, bool, float, int, float]] = []
         labels = cols.label.tolist()
         amounts = cols.amount.tolist()
+        label_ts = cols.ts.tolist()
         for i, eid in enumerate(cols.event_id):
             p = pending.pop(eid, None)
             if p is None:
@@ -367,7 +368,11 @@ class Engine:
                 if self.settings.join.max_orphan_labels == 0:
                     self.unmatched_labels["no_prediction"] += 1
                     continue
-                orphans[eid] = (labels[i], amounts[i], self.watermark)
+                # the orphan's age is judged by its own time, else the watermark
+                # at arrival (or, before any prediction, at the next expiry pass)
+                t = label_ts[i]
+                orphans[eid] = (labels[i], amounts[i],
+                                t if math.isfinite(t) else self.watermark)
                 continue
             key, sid, decision, amount, _ts = p
             joined_rows.append((key, sid, decision, amount, labels[i], amounts[i]))
@@ -438,6 +443,9 @@ class Engine:
         orphans = self._orphans
         while orphans:
             eid, o = next(iter(orphans.items()))
+            if not math.isfinite(o[2]):
+                orphans[eid] = (o[0], o[1], self.watermark)
+                break
             if o[2] >= horizon:
                 break
             del orphans[eid]

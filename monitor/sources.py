@@ -145,6 +145,7 @@ class KafkaSource:
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+        from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
         source = self
 
@@ -179,6 +180,9 @@ class KafkaSource:
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             metadata_max_age_ms=30_000,
+            # range assignment keeps partition i of the predictions and labels
+            # topics on one instance: co-partitioned (same key) events join locally
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
         self._consumer.subscribe([cfg.predictions_topic, cfg.labels_topic], listener=_Listener())
         await self._consumer.start()

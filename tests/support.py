@@ -1,0 +1,243 @@
+"""Shared test helpers: an independent offline oracle and /metrics parsing.
+
+The oracle recomputes, with plain Python loops (``bisect``, dicts), what the
+engine should report for a known list of events: window histograms, confusion
+counts, PSI/KL/JS and KPIs. It shares no code with the engine except the
+divergence formulas, which are tested against Evidently and scipy separately.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from detectors import ReferenceProfile, js_divergence, kl_divergence, psi
+from detectors.kpi import wilson_interval
+from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
+
+MODEL = "card-fraud"
+CATEGORICAL = ["merchant_category"]
+SCORE = "model_score"
+
+
+def fit_reference(seed: int = 99, n: int = 20_000) -> ReferenceProfile:
+    """A reference profile fitted on healthy generated champion traffic."""
+    gen = TrafficGenerator(seed=seed, canary_share=0.0)
+    batch = gen.generate(n, start_ts=1_600_000_000.0, rate_per_s=1000.0)
+    preds = batch.predictions
+    numeric = {f: np.array([p["features"][f] for p in preds]) for f in NUMERIC_FEATURES}
+    cats = {"merchant_category": [p["features"]["merchant_category"] for p in preds]}
+    return ReferenceProfile.fit(numeric, cats, np.array([p["score"] for p in preds]))
+
+
+def write_config(path: Path, **sections: Any) -> Path:
+    """Write a YAML config with the test defaults, overridden by ``sections``."""
+    base: dict[str, Any] = {
+        "models": [{"name": MODEL, "champion": "v1", "canary": "v2"}],
+        "features": {"numeric": list(NUMERIC_FEATURES), "categorical": CATEGORICAL},
+        "windows": {"slice_seconds": 10, "window_seconds": 600, "kpi_window_seconds": 3600,
+                    "allowed_lateness_seconds": 600},
+        "evaluation": {"tick_seconds": 0.5},
+        "log": {"format": "json", "level": "info"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+@dataclass
+class Expected:
+    """What the engine should report, per (model, version)."""
+
+    predictions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    joined: Counter[tuple[str, str]] = field(default_factory=Counter)
+    confusion: dict[tuple[str, str], Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter))
+    window: dict[tuple[str, str], dict[str, list[int]]] = field(default_factory=dict)
+    psi: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    kl: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    js: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    kpi: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    window_events: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def _bin(edges: list[float], value: float | None, missing_col: int) -> int:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing_col
+    return bisect.bisect_right(edges, value)
+
+
+def oracle(predictions: Iterable[dict[str, Any]], labels: Iterable[dict[str, Any]],
+           ref: ReferenceProfile, slice_seconds: float, window_seconds: float,
+           champion: str = "v1", canary: str = "v2", eps: float = 1e-4) -> Expected:
+    """Offline computation over all events (no late events assumed)."""
+    preds = list(predictions)
+    exp = Expected()
+    n_slices = round(window_seconds / slice_seconds)
+    head = math.floor(max(p["ts"] for p in preds) / slice_seconds)
+    oldest = head - n_slices + 1
+    num_edges = [list(map(float, e)) for e in ref.numeric.edges]
+    num_cols = ref.numeric.n_columns
+    cat_tables = [list(c) for c in ref.categorical.categories]
+    cat_cols = ref.categorical.n_columns
+    score_edges = list(map(float, ref.score.edges[0]))
+    score_cols = ref.score.n_columns
+    hist: dict[tuple[str, str], dict[str, list[int]]] = {}
+    by_id: dict[str, dict[str, Any]] = {}
+    for p in preds:
+        key = (p["model"], p["model_version"])
+        exp.predictions[key] += 1
+        by_id[p["event_id"]] = p
+        if math.floor(p["ts"] / slice_seconds) < oldest:
+            continue
+        exp.window_events[key] += 1
+        h = hist.setdefault(key, {})
+        for j, f in enumerate(ref.numeric.features):
+            row = h.setdefault(f, [0] * num_cols)
+            row[_bin(num_edges[j], p["features"].get(f), num_cols - 1)] += 1
+        for j, f in enumerate(ref.categorical.features):
+            row = h.setdefault(f, [0] * cat_cols)
+            v = p["features"].get(f)
+            if v is None:
+                row[cat_cols - 1] += 1
+            elif str(v) in cat_tables[j]:
+                row[cat_tables[j].index(str(v))] += 1
+            else:
+                row[cat_cols - 2] += 1
+        row = h.setdefault(SCORE, [0] * score_cols)
+        row[_bin(score_edges, p["score"], score_cols - 1)] += 1
+    exp.window = hist
+    for lab in labels:
+        p = by_id.get(lab["event_id"])
+        if p is None:
+            continue
+        key = (p["model"], p["model_version"])
+        exp.joined[key] += 1
+        y, d = lab["label"] == 1, bool(p["decision"])
+        cell = "tp" if y and d else "fn" if y else "fp" if d else "tn"
+        exp.confusion[key][cell] += 1
+    ref_rows: dict[str, list[int]] = {}
+    for j, f in enumerate(ref.numeric.features):
+        ref_rows[f] = ref.numeric_counts[j].tolist()
+    for j, f in enumerate(ref.categorical.features):
+        ref_rows[f] = ref.categorical_counts[j].tolist()
+    ref_rows[SCORE] = ref.score_counts[0].tolist()
+    for key, h in hist.items():
+        for f, row in h.items():
+            for name, fn, store in (("psi", psi, exp.psi), ("kl", kl_divergence, exp.kl),
+                                    ("js", js_divergence, exp.js)):
+                del name
+                store[(key[0], key[1], f, "reference")] = float(fn(ref_rows[f], row, eps))
+    champ, can = (MODEL, champion), (MODEL, canary)
+    if champ in hist and can in hist:
+        for f, row in hist[can].items():
+            base = hist[champ][f]
+            exp.psi[(MODEL, canary, f, "champion")] = float(psi(base, row, eps))
+            exp.kl[(MODEL, canary, f, "champion")] = float(kl_divergence(base, row, eps))
+            exp.js[(MODEL, canary, f, "champion")] = float(js_divergence(base, row, eps))
+    for key, c in exp.confusion.items():
+        tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
+        for kpi, k, n in (("catch_rate", tp, tp + fn), ("precision", tp, tp + fp),
+                          ("alert_rate", tp + fp, tp + fp + fn + tn)):
+            if n == 0:
+                continue
+            lo, hi = wilson_interval(k, n)
+            exp.kpi[(key[0], key[1], kpi, "estimate")] = k / n
+            exp.kpi[(key[0], key[1], kpi, "lower")] = float(lo)
+            exp.kpi[(key[0], key[1], kpi, "upper")] = float(hi)
+    return exp
+
+
+def parse_metrics(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """``{sample name: {sorted label items: value}}`` from exposition text."""
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[s.name][tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def sample(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str,
+           **labels: str) -> float | None:
+    """One sample's value, or None."""
+    return metrics.get(name, {}).get(tuple(sorted(labels.items())))
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+FIXED_LIBRDKAFKA = (2, 2, 0)
+
+
+def _librdkafka_version(kcat: str, env: dict[str, str]) -> tuple[int, ...]:
+    out = subprocess.run(
+        [kcat, "-V"], capture_output=True, timeout=10, check=False, env=env
+    ).stdout.decode(errors="replace")
+    match = re.search(r"librdkafka (\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(g) for g in match.groups()) if match else (0, 0, 0)
+
+
+def _kcat_env(kcat: str, tmp_path: Path) -> tuple[dict[str, str], tuple[int, ...]]:
+    """Environment for kcat, preferring a librdkafka that can talk to tansu.
+
+    librdkafka < 2.2 skips one byte too few per KIP-482 tagged field
+    (confluentinc/librdkafka#4278), so it cannot parse tansu's ApiVersions v3
+    response (which carries four tagged fields). Debian bookworm's kcat uses
+    librdkafka 2.0.2; when that is what is installed and the confluent-kafka
+    wheel (which bundles a current librdkafka) is importable, kcat is pointed
+    at the bundled library instead.
+    """
+    env = dict(os.environ)
+    version = _librdkafka_version(kcat, env)
+    if version >= FIXED_LIBRDKAFKA:
+        return env, version
+    spec = importlib.util.find_spec("confluent_kafka")
+    if spec is None or spec.origin is None:
+        return env, version
+    libs = Path(spec.origin).parent.parent / "confluent_kafka.libs"
+    bundled = sorted(libs.glob("librdkafka*.so*")) if libs.is_dir() else []
+    if not bundled:
+        return env, version
+    shim = tmp_path / "librdkafka"
+    shim.mkdir()
+    (shim / "librdkafka.so.1").symlink_to(bundled[0])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        [str(shim), str(libs), *filter(None, [os.environ.get("LD_LIBRARY_PATH")])]
+    )
+    return env, _librdkafka_version(kcat, env)
+
+
+def kcat_command(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """kcat's path and an environment in which it can talk to tansu.
+
+    Fails (never skips) when kcat is missing or only an old librdkafka is there:
+    ``make test`` installs kcat, and confluent-kafka is in the dev extra.
+    """
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        raise RuntimeError("kcat is not installed (make test installs it)")
+    env, version = _kcat_env(kcat, tmp_path)
+    if version < FIXED_LIBRDKAFKA:
+        raise RuntimeError(f"kcat runs on librdkafka {version}, which cannot talk to tansu; "
+                           "install the dev extra (confluent-kafka bundles a fixed one)")
+    return kcat, env
