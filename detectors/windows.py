@@ -132,6 +132,8 @@ class SlicedWindow:
         arr = np.asarray(counts)
         if arr.shape != self.shape:
             raise ValueError(f"counts must have shape {self.shape}, got {arr.shape}")
+        if arr.size and not np.all(np.isfinite(arr)):  # NaN/inf would never expire from total
+            raise ValueError(f"counts must be finite, got {arr[~np.isfinite(arr)][:3]!r}")
         if arr.size and arr.min() < 0:
             raise ValueError(f"counts must be >= 0, got minimum {arr.min()!r}")
         sid = int(slice_id)

@@ -351,8 +351,9 @@ class EventCodec:
         if not math.isfinite(ts) or not 0.0 <= ts < 1e11:
             return "bad_timestamp", f"{f.ts} must be epoch seconds or RFC 3339, got {ev.ts!r}"
         amount = ev.amount
-        if amount is not None and (not math.isfinite(amount) or amount < 0):
-            return "bad_amount", f"{f.amount} must be finite and >= 0, got {amount!r}"
+        if amount is not None and not 0 <= amount <= self.settings.codec.max_amount:
+            return "bad_amount", (f"{f.amount} must be in [0, {self.settings.codec.max_amount:g}]"
+                                  f", got {amount!r}")
         if ev.model not in self._models and not self.settings.codec.allow_unknown_models:
             return "unknown_model", f"{f.model} {ev.model!r} is not configured"
         if not self._version_allowed(ev.model, ev.model_version):
@@ -427,9 +428,9 @@ class EventCodec:
                                          f"seconds or RFC 3339, got {ev.ts!r}"))
                 continue
             amt = ev.amount
-            if amt is not None and (not math.isfinite(amt) or amt < 0):
-                rejected.append(Rejected(rec, "bad_amount", f"{f.amount} must be finite and "
-                                         f">= 0, got {amt!r}"))
+            if amt is not None and not 0 <= amt <= self.settings.codec.max_amount:
+                rejected.append(Rejected(rec, "bad_amount", f"{f.amount} must be in [0, "
+                                         f"{self.settings.codec.max_amount:g}], got {amt!r}"))
                 continue
             ids.append(ev.event_id)
             labels.append(lab)

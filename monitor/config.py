@@ -239,6 +239,8 @@ class LogSettings(_Strict):
 class CodecSettings(_Strict):
     max_message_bytes: int = Field(1_000_000, ge=64)
     allow_unknown_models: bool = False
+    # amounts above this are rejected (bad_amount): squared sums must stay finite
+    max_amount: float = Field(1e12, gt=0, le=1e100)
 
 
 class Settings(BaseSettings):
