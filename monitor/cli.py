@@ -16,6 +16,8 @@ app = typer.Typer(help="driftgate: streaming drift and fraud-KPI monitoring with
                   "rollback.", no_args_is_help=True, add_completion=False)
 reference_app = typer.Typer(help="Reference profiles (frozen bins).", no_args_is_help=True)
 app.add_typer(reference_app, name="reference")
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 
@@ -95,13 +97,36 @@ def reference_fit(
 
 @app.command()
 def demo(
-    duration: Annotated[float, typer.Option(help="Seconds of traffic.")] = 60.0,
+    duration: Annotated[float, typer.Option(help="Seconds of traffic (20-600).")] = 60.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    rate: Annotated[float, typer.Option(help="Transactions per second.")] = 2000.0,
 ) -> None:
-    """Run the end-to-end demo on embedded defaults."""
+    """Run the end-to-end demo on embedded defaults (ends in an explained rollback)."""
     from monitor.demo import run_demo
 
-    raise typer.Exit(run_demo(duration=duration, seed=seed))
+    try:
+        code = run_demo(duration=duration, seed=seed, rate=rate)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
+
+
+@audit_app.command("verify")
+def audit_verify(file: Annotated[Path, typer.Argument(help="Audit log (JSON lines).")]
+                 ) -> None:
+    """Check the hash chain: exit 0 when intact, 1 naming the first bad line."""
+    from rollback.audit import verify_file
+
+    if not file.is_file():
+        typer.echo(f"error: {str(file)!r} does not exist", err=True)
+        raise typer.Exit(2)
+    result = verify_file(file)
+    if result.ok:
+        typer.echo(f"ok: {result.records} records, head {result.head_hash}")
+        return
+    typer.echo(f"BROKEN at line {result.first_bad_line}: {result.reason}", err=True)
+    raise typer.Exit(1)
 
 
 @app.command()

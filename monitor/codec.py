@@ -14,6 +14,7 @@ bad input is always returned as a rejection.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -176,7 +177,10 @@ class EventCodec:
         for i, name in enumerate(self.categorical_features):
             feat_fields.append((f"c{i}", str | int | float | bool | None, None))
             rename[f"c{i}"] = name
-        features_type = msgspec.defstruct("Features", feat_fields, rename=rename)
+        # gc=False: decoded events hold only scalars (and the Features struct), so
+        # they can never be part of a reference cycle; untracked, a batch of
+        # thousands of them does not trigger and lengthen cyclic-GC passes
+        features_type = msgspec.defstruct("Features", feat_fields, rename=rename, gc=False)
         self._features_type = features_type
         pred_rename = {
             "event_id": f.event_id, "model": f.model, "model_version": f.model_version,
@@ -196,12 +200,14 @@ class EventCodec:
                 ("features", features_type, msgspec.field(default_factory=features_type)),
             ],
             rename=pred_rename,
+            gc=False,
         )
         self._label_type = msgspec.defstruct(
             "Label",
             [("event_id", EventId), ("label", int | bool), ("ts", Timestamp | None, None),
              ("amount", float | None, None)],
             rename={"event_id": f.event_id, "label": f.label, "ts": f.ts, "amount": f.amount},
+            gc=False,
         )
         self._pred_decoder = msgspec.json.Decoder(self._prediction_type)
         self._label_decoder = msgspec.json.Decoder(self._label_type)
@@ -212,12 +218,19 @@ class EventCodec:
         }
         self._version_allowed = version_allowed or self._default_version_allowed
         self._n_num = len(self.numeric_features)
+        # per-record hot path: settings are frozen, so look these up once
+        self._max_bytes = settings.codec.max_message_bytes
+        self._max_amount = settings.codec.max_amount
+        self._allow_unknown_models = settings.codec.allow_unknown_models
+        self._cloudevents = settings.cloudevents.enabled
 
     # ------------------------------------------------------------------ helpers
     def _default_version_allowed(self, model: str, version: str) -> bool:
-        seen = self._versions.setdefault(model, set())
-        if version in seen:
+        seen = self._versions.get(model)
+        if seen is not None and version in seen:
             return True
+        if seen is None:
+            seen = self._versions[model] = set()
         cfg = self._models.get(model)
         cap = cfg.max_versions if cfg is not None else 8
         if len(seen) >= cap:
@@ -255,7 +268,7 @@ class EventCodec:
     def _precheck(self, rec: RawRecord) -> Rejected | None:
         if rec.value is None or len(rec.value) == 0:
             return Rejected(rec, "empty", "record has no value")
-        limit = self.settings.codec.max_message_bytes
+        limit = self._max_bytes
         if len(rec.value) > limit:
             return Rejected(rec, "too_large", f"value of {len(rec.value)} bytes exceeds the "
                             f"limit of {limit} bytes")
@@ -296,7 +309,7 @@ class EventCodec:
 
     def _decode_one(self, rec: RawRecord, decoder: msgspec.json.Decoder[Any], typ: Any,
                     kind: str) -> Any:
-        if self.settings.cloudevents.enabled and rec.headers:
+        if self._cloudevents and rec.headers:
             body = self._cloudevent_body(rec, kind)
             if body is not None:
                 return msgspec.convert(body, typ)
@@ -318,7 +331,26 @@ class EventCodec:
                             rejected: list[Rejected]) -> PredictionColumns:
         score_field = self.settings.fields.score
         structs: list[Any] = []
+        limit = self._max_bytes
+        plain = not self._cloudevents
+        decode = self._pred_decoder.decode
+        validate = self._validate_prediction
         for rec in records:
+            value = rec.value
+            if value and len(value) <= limit and (plain or not rec.headers):
+                # the common case, same checks as below without the indirection
+                try:
+                    ev = decode(value)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    reason, detail = self._classify(exc, score_field, value)
+                    rejected.append(Rejected(rec, reason, detail))
+                    continue
+                problem = validate(ev)
+                if problem is not None:
+                    rejected.append(Rejected(rec, *problem))
+                    continue
+                structs.append(ev)
+                continue
             pre = self._precheck(rec)
             if pre is not None:
                 rejected.append(pre)
@@ -351,10 +383,10 @@ class EventCodec:
         if not math.isfinite(ts) or not 0.0 <= ts < 1e11:
             return "bad_timestamp", f"{f.ts} must be epoch seconds or RFC 3339, got {ev.ts!r}"
         amount = ev.amount
-        if amount is not None and not 0 <= amount <= self.settings.codec.max_amount:
-            return "bad_amount", (f"{f.amount} must be in [0, {self.settings.codec.max_amount:g}]"
+        if amount is not None and not 0 <= amount <= self._max_amount:
+            return "bad_amount", (f"{f.amount} must be in [0, {self._max_amount:g}]"
                                   f", got {amount!r}")
-        if ev.model not in self._models and not self.settings.codec.allow_unknown_models:
+        if ev.model not in self._models and not self._allow_unknown_models:
             return "unknown_model", f"{f.model} {ev.model!r} is not configured"
         if not self._version_allowed(ev.model, ev.model_version):
             return "too_many_versions", (f"{f.model_version} {ev.model_version!r} of model "
@@ -372,11 +404,16 @@ class EventCodec:
             d = e.decision
             decision[i] = bool(d) if d is not None else e.score >= self.threshold(e.model)
         numeric = np.empty((n, self._n_num), dtype=np.float64)
-        if self._n_num:
-            names = [f"n{i}" for i in range(self._n_num)]
-            rows = [[getattr(e.features, k) for k in names] for e in structs]
-            if rows:
-                numeric[:] = np.array(rows, dtype=np.float64)  # None -> nan
+        if self._n_num and n:
+            # the Features struct lists the numeric fields first (n0, n1, ...):
+            # one astuple() per event instead of one getattr() per value
+            n_num = self._n_num
+            astuple = msgspec.structs.astuple
+            rows: Any = (astuple(e.features) for e in structs)
+            if self.categorical_features:
+                rows = (r[:n_num] for r in rows)
+            numeric[:] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
+                                     count=n * n_num).reshape(n, n_num)  # None -> nan
         categorical: dict[str, list[object]] = {}
         for i, name in enumerate(self.categorical_features):
             key = f"c{i}"

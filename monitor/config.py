@@ -30,6 +30,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from rollback.rules import RuleSpec
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 
@@ -136,6 +138,7 @@ class ModelSettings(_Strict):
     canary: str | None = None
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_versions: int = Field(8, ge=1, le=64)
+    rollback_url: str | None = Field(None, pattern=r"^https?://")
 
     @model_validator(mode="after")
     def _versions(self) -> ModelSettings:
@@ -243,6 +246,69 @@ class CodecSettings(_Strict):
     max_amount: float = Field(1e12, gt=0, le=1e100)
 
 
+class WebhookSettings(_Strict):
+    """Signing and retry policy for outgoing webhooks (rollback and alerts).
+
+    Secrets are Standard Webhooks secrets (``whsec_<base64>``); several may be
+    given during a rotation (every one signs, receivers accept any).
+    """
+
+    secrets: list[SecretStr] = Field(default_factory=list)
+    secrets_file: Path | None = None
+    max_attempts: int = Field(8, ge=1, le=100)
+    initial_backoff_seconds: float = Field(0.5, gt=0, le=3600)
+    max_backoff_seconds: float = Field(60.0, gt=0, le=86_400)
+    timeout_seconds: float = Field(5.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _file(self) -> WebhookSettings:
+        if self.secrets_file is not None and not self.secrets_file.is_file():
+            raise ValueError(f"secrets_file {str(self.secrets_file)!r} does not exist")
+        return self
+
+    def secret_values(self) -> list[str]:
+        """All secrets: inline ones first, then one per line of the file."""
+        out = [s.get_secret_value() for s in self.secrets]
+        if self.secrets_file is not None:
+            out += [ln.strip() for ln in self.secrets_file.read_text().splitlines()
+                    if ln.strip()]
+        return out
+
+
+class AlertingSettings(_Strict):
+    """On-call alerts as Alertmanager webhook v4 payloads."""
+
+    url: str | None = Field(None, pattern=r"^https?://")
+    receiver: str = "driftgate"
+    external_url: str = ""
+    runbook_base_url: str = "https://github.com/driftgate/driftgate/blob/main/docs/runbooks.md"
+
+
+class AuditSettings(_Strict):
+    path: Path = Path("driftgate-audit.jsonl")
+    fsync: bool = True
+
+
+class AdminSettings(_Strict):
+    """Bearer token for the admin API (absent = admin API answers 401)."""
+
+    token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _file(self) -> AdminSettings:
+        if self.token_file is not None and not self.token_file.is_file():
+            raise ValueError(f"token_file {str(self.token_file)!r} does not exist")
+        return self
+
+    def token_value(self) -> str | None:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text().strip() or None
+        return None
+
+
 class Settings(BaseSettings):
     """The whole service configuration."""
 
@@ -263,6 +329,11 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     codec: CodecSettings = Field(default_factory=CodecSettings)
+    rules: list[RuleSpec] = Field(default_factory=list)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
 
     @field_validator("models")
     @classmethod
@@ -272,6 +343,24 @@ class Settings(BaseSettings):
         if dupes:
             raise ValueError(f"model names must be unique, got duplicates {dupes!r}")
         return models
+
+    @model_validator(mode="after")
+    def _rules(self) -> Settings:
+        names = [r.name for r in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rule names must be unique, got duplicates {dupes!r}")
+        models = {m.name for m in self.models}
+        feats = {*self.features.numeric, *self.features.categorical, "model_score"}
+        for r in self.rules:
+            if r.model is not None and r.model not in models:
+                raise ValueError(f"rule {r.name!r}: model {r.model!r} is not configured")
+            if r.metric in ("psi", "kl", "js") and r.feature not in feats:
+                raise ValueError(f"rule {r.name!r}: feature {r.feature!r} is not monitored "
+                                 f"(known: {sorted(feats)!r})")
+        if "model_score" in (*self.features.numeric, *self.features.categorical):
+            raise ValueError("'model_score' is reserved for the score; rename that feature")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -347,7 +436,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 
 
 _PATH_KEYS = {("reference", "path"), ("kafka", "ssl_cafile"), ("kafka", "ssl_certfile"),
-              ("kafka", "ssl_keyfile"), ("kafka", "sasl_password_file")}
+              ("kafka", "ssl_keyfile"), ("kafka", "sasl_password_file"),
+              ("webhooks", "secrets_file"), ("audit", "path"), ("admin", "token_file")}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

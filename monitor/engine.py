@@ -295,15 +295,21 @@ class Engine:
         late |= sids <= head - w.n_slices
         ref = self.reference
         num_idx = ref.numeric.bin_index(cols.numeric)
-        cat_idx = ref.categorical.bin_index(cols.categorical)
+        # with no categorical features, bin_index({}) cannot know the batch length
+        # and returns (0, 0): build the (events, 0) index here instead
+        cat_idx = (ref.categorical.bin_index(cols.categorical)
+                   if ref.categorical.features else np.empty((n, 0), dtype=np.int64))
         score_idx = ref.score.bin_index(cols.score[:, None])
-        keys = [f"{m}\x00{v}" for m, v in zip(cols.model, cols.version, strict=True)]
-        uniq, inverse = np.unique(np.array(keys, dtype=object), return_inverse=True)
-        inverse = inverse.reshape(-1)
-        for g, key in enumerate(uniq.tolist()):
-            model, version = key.split("\x00", 1)
+        # group rows by (model, version) with a dict (no np.unique over an object
+        # array of joined strings); groups are visited in sorted key order
+        group_of: dict[tuple[str, str], int] = {}
+        inverse = np.fromiter(
+            (group_of.setdefault(k, len(group_of))
+             for k in zip(cols.model, cols.version, strict=True)),
+            dtype=np.intp, count=n)
+        for model, version in sorted(group_of):
             st = self.state(model, version)
-            rows = np.flatnonzero(inverse == g)
+            rows = np.flatnonzero(inverse == group_of[(model, version)])
             st.predictions_total += rows.size
             st.last_event_ts = float(np.nanmax(cols.ts[rows]))
             ok = rows[~late[rows]]

@@ -235,7 +235,7 @@ class FaustSource:
                 queue = source._queue
                 if queue is None or source._stopping:
                     source._pin(item)
-                    await item.done  # cancelled by stop()
+                    await item.done  # cancelled when the app stops its agents
                     continue
                 queue.put_nowait(item)
                 # Ack (inside take_events) only after the service committed.

@@ -131,3 +131,116 @@ async def start_http(app: web.Application, host: str, port: int) -> tuple[web.Ap
     if sockets:
         bound = int(sockets[0].getsockname()[1])
     return runner, bound
+
+
+def decision_routes(service: Service, layer: Any) -> Callable[[web.Application], None]:
+    """Routes of the decision layer: verdict, Flagger hook and admin API.
+
+    * ``GET /v1/verdict?model=M&version=V`` — JSON verdict (``ok | alert |
+      rollback``) with its evidence; ``version`` defaults to the canary. For an
+      Argo Rollouts ``web`` metric: ``jsonPath: "{$.verdict}"``.
+    * ``POST /v1/flagger/rollback`` — Flagger's rollback hook: 200 exactly when a
+      rollback is wanted for the canary named by ``metadata.model`` (and
+      optionally ``metadata.version``), 409 otherwise.
+    * ``POST /v1/admin/roles``, ``POST /v1/admin/decisions/{id}/ack``,
+      ``POST /v1/admin/reference/reload`` — need ``Authorization: Bearer
+      <admin token>``; a missing or wrong token gets 401 and changes nothing.
+    """
+    import hmac
+
+    from monitor.runner import load_reference
+
+    token = service.settings.admin.token_value()
+
+    async def verdict(request: web.Request) -> web.Response:
+        model = request.query.get("model")
+        if not model:
+            return web.json_response({"error": "query parameter 'model' is required"},
+                                     status=400)
+        doc = layer.verdict(model, request.query.get("version"))
+        if doc is None:
+            return web.json_response({"error": f"unknown model {model!r}"}, status=404)
+        return web.json_response(doc)
+
+    async def flagger_rollback(request: web.Request) -> web.Response:
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        meta = body.get("metadata") or {} if isinstance(body, dict) else {}
+        model = meta.get("model") or request.query.get("model")
+        if not model:
+            return web.json_response({"error": "metadata.model (or ?model=) is required"},
+                                     status=400)
+        doc = layer.verdict(model, meta.get("version") or request.query.get("version"))
+        if doc is None:
+            return web.json_response({"error": f"unknown model {model!r}"}, status=404)
+        return web.json_response(doc, status=200 if doc["verdict"] == "rollback" else 409)
+
+    def authorized(request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        if token is None or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[7:].encode(), token.encode())
+
+    def unauthorized() -> web.Response:
+        return web.json_response({"error": "missing or wrong bearer token"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+
+    async def set_roles(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return unauthorized()
+        eng = service.engine
+        try:
+            body = await request.json()
+            model, champion = str(body["model"]), str(body["champion"])
+            canary = body.get("canary")
+            if eng is None:
+                raise ValueError("the engine is not ready (reference not fitted yet)")
+            if model not in eng.roles:
+                raise ValueError(f"unknown model {model!r}")
+            old = dict(eng.roles[model])
+            eng.set_roles(model, champion, None if canary is None else str(canary))
+        except (KeyError, TypeError, ValueError) as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        for version in old.values():
+            if version not in eng.roles[model].values():
+                layer.policy.forget_version(model, version)
+        layer.audit.append("admin", {"action": "set_roles", "model": model,
+                                     "before": old, "after": eng.roles[model]})
+        return web.json_response({"model": model, "roles": eng.roles[model]})
+
+    async def ack(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return unauthorized()
+        decision_id = request.match_info["decision_id"]
+        if not layer.policy.acknowledge(decision_id):
+            return web.json_response({"error": f"unknown decision {decision_id!r}"},
+                                     status=404)
+        layer.audit.append("admin", {"action": "acknowledge", "decision_id": decision_id})
+        return web.json_response({"acknowledged": decision_id})
+
+    async def reload_reference(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return unauthorized()
+        eng = service.engine
+        try:
+            ref = load_reference(service.settings)
+            if ref is None or eng is None:
+                raise ValueError("no reference.path configured, or the engine is not ready")
+            before = eng.reference.content_hash
+            eng.set_reference(ref)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        layer.audit.append("admin", {"action": "reload_reference", "before": before,
+                                     "after": ref.content_hash})
+        return web.json_response({"reference_hash": ref.content_hash})
+
+    def install(app: web.Application) -> None:
+        app.router.add_get("/v1/verdict", verdict)
+        app.router.add_post("/v1/flagger/rollback", flagger_rollback)
+        app.router.add_post("/v1/admin/roles", set_roles)
+        app.router.add_post("/v1/admin/decisions/{decision_id}/ack", ack)
+        app.router.add_post("/v1/admin/reference/reload", reload_reference)
+
+    return install

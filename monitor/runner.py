@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import structlog
 
 from detectors import ReferenceProfile
 from monitor.config import Settings
-from monitor.http import build_app, start_http
+from monitor.decisions import DecisionLayer
+from monitor.http import build_app, decision_routes, start_http
 from monitor.service import Service
 from monitor.sources import (
     DeadLetterSink,
@@ -56,7 +58,8 @@ def make_source(settings: Settings, replay_file: Path | None = None) -> Source:
 async def run_service(settings: Settings, source: Source | None = None,
                       dead_letters: DeadLetterSink | None = None,
                       install_signals: bool = True, until_exhausted: bool = False,
-                      serve_http: bool = True) -> Service:
+                      serve_http: bool = True,
+                      started: Callable[[Service], None] | None = None) -> Service:
     """Run the service until SIGTERM/SIGINT (or the source runs out)."""
     src = source if source is not None else make_source(settings)
     sink: Any = dead_letters
@@ -70,6 +73,17 @@ async def run_service(settings: Settings, source: Source | None = None,
     if own_sink:
         await sink.start()
     service = Service(settings, src, sink, load_reference(settings))
+    publish = None
+    if isinstance(sink, KafkaDeadLetterSink):
+        kafka_sink = sink
+
+        async def publish(topic: str, key: bytes, value: bytes) -> None:
+            await kafka_sink.publish(topic, value, key=key)
+
+    layer = DecisionLayer(settings, lambda: service.engine, publish=publish)
+    service.tick_handlers.append(layer.on_tick)
+    service.extra_metrics.append(layer.metrics)
+    service.decisions = layer
     loop = asyncio.get_running_loop()
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,11 +91,17 @@ async def run_service(settings: Settings, source: Source | None = None,
     runner = None
     try:
         if serve_http:
-            runner, port = await start_http(build_app(service), settings.http.host,
-                                            settings.http.port)
+            runner, port = await start_http(
+                build_app(service, decision_routes(service, layer)), settings.http.host,
+                settings.http.port)
+            service.http_port = port
+        if started is not None:
+            started(service)
             log.info("http listening", host=settings.http.host, port=port)
         await service.run(until_exhausted=until_exhausted)
     finally:
+        await layer.drain(timeout=settings.webhooks.timeout_seconds * 2)
+        await layer.aclose()
         if runner is not None:
             await runner.cleanup()
         if own_sink:

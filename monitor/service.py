@@ -31,7 +31,7 @@ __all__ = ["Service", "TickHandler"]
 
 log = structlog.get_logger("driftgate.service")
 
-TickHandler = Callable[[Evaluation], Awaitable[None]]
+TickHandler = Callable[[Evaluation], Awaitable[Any]]
 
 
 class Service:
@@ -86,6 +86,8 @@ class Service:
         self.started_at = clock()
         self.stopping = asyncio.Event()
         self.last_evaluation: Evaluation | None = None
+        self.decisions: Any = None
+        self.http_port: int | None = None
 
     # ---------------------------------------------------------------- helpers
     def _set_engine(self, engine: Engine) -> None:

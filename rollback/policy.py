@@ -254,9 +254,9 @@ class Policy:
             return None, None, f"{rule.metric} undefined for one version", samples
         if rule.metric == "amount_weighted_catch_rate":
             # weighted proportions: test at the Kish effective sample sizes
-            na = max(int(round(_kish(target.confusion))), 1)
-            nb = max(int(round(_kish(champ.confusion))), 1)
-            sa, sb = int(round(tk.value * na)), int(round(ck.value * nb))
+            na = max(round(_kish(target.confusion)), 1)
+            nb = max(round(_kish(champ.confusion)), 1)
+            sa, sb = round(tk.value * na), round(ck.value * nb)
         else:
             sa, na, sb, nb = int(tk.successes), int(tk.trials), int(ck.successes), int(
                 ck.trials)
@@ -293,7 +293,7 @@ class Policy:
             if value is not None:
                 st.status = "ok"
             return
-        if target is None:  # unreachable: a breach needs a value, a value a target
+        if target is None or value is None:  # a breach needs a value, a value a target
             return
         st.consecutive += 1
         if st.breach_started_at is None:
@@ -301,13 +301,17 @@ class Policy:
         sustained = (st.consecutive >= rule.sustain_evaluations
                      and now - st.breach_started_at >= rule.sustain_seconds)
         if was_firing:
+            if st.last_fired_at is not None and st.last_fired_at < st.breach_started_at:
+                st.detail = (f"{detail}; suppressed: in cooldown since the decision at "
+                             f"{st.last_fired_at:.3f}")
             return
         if not sustained:
             st.status = "breaching"
             return
         st.status = "firing"
         if st.last_fired_at is not None and now - st.last_fired_at < rule.cooldown_seconds:
-            st.detail = f"{detail}; in cooldown since {st.last_fired_at:.3f}"
+            st.detail = (f"{detail}; suppressed: in cooldown since the decision at "
+                         f"{st.last_fired_at:.3f}")
             return
         decision = self._decide(rule, view, target, st, now, value, p_value, samples, ctx)
         st.last_fired_at = now

@@ -78,10 +78,10 @@ class RuleSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RuleSpec:
-        if self.metric in KPI_METRICS and self.scope == "canary_vs_champion":
-            if self.min_labelled_frauds < 1:
-                raise ValueError(f"{self.metric} with scope canary_vs_champion measures a drop "
-                                 "(champion - canary) and needs min_labelled_frauds >= 1")
+        if (self.metric in KPI_METRICS and self.scope == "canary_vs_champion"
+                and self.min_labelled_frauds < 1):
+            raise ValueError(f"{self.metric} with scope canary_vs_champion measures a drop "
+                             "(champion - canary) and needs min_labelled_frauds >= 1")
         if self.metric in ADWIN_METRICS and self.scope == "canary_vs_champion":
             raise ValueError(f"{self.metric} watches one version's stream; use scope "
                              "canary_vs_reference or champion_vs_reference")
