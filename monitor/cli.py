@@ -84,7 +84,9 @@ def reference_fit(
     """Fit frozen reference bins on a data set and write the profile."""
     from monitor.reference_io import fit_reference_file
 
-    settings = _settings(config, reference={"fit_from_champion_events": 1})
+    # the profile being written is not required to exist yet: fit mode, keeping the
+    # file's n_bins and top_k (overrides merge into the section key by key)
+    settings = _settings(config, reference={"fit_from_champion_events": 1, "path": None})
     try:
         profile = fit_reference_file(data, settings, model=model, version=version)
     except ValueError as exc:

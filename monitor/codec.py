@@ -212,6 +212,7 @@ class EventCodec:
         self._pred_decoder = msgspec.json.Decoder(self._prediction_type)
         self._label_decoder = msgspec.json.Decoder(self._label_type)
         self._any_decoder = msgspec.json.Decoder()
+        self._raw_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self._models = {m.name: m for m in settings.models}
         self._versions: dict[str, set[str]] = {
             m.name: {v for v in (m.champion, m.canary) if v} for m in settings.models
@@ -242,10 +243,11 @@ class EventCodec:
         cfg = self._models.get(model)
         return cfg.threshold if cfg is not None else 0.5
 
-    @staticmethod
-    def _classify(exc: Exception, score_field: str, value: bytes | None = None
+    def _classify(self, exc: Exception, score_field: str, value: bytes | None = None
                   ) -> tuple[str, str]:
         msg = str(exc)
+        if isinstance(exc, UnicodeDecodeError):
+            return "not_utf8", f"a string in the value is not UTF-8: {exc}"
         if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
             try:
                 (value or b"").decode("utf-8")
@@ -261,7 +263,7 @@ class EventCodec:
             return "score_not_finite", msg
         if "RFC3339" in msg or "timezone" in msg.lower() or "datetime" in msg:
             return "bad_timestamp", msg
-        if "length" in msg and where.endswith(("event_id",)):
+        if "length" in msg and where == self.settings.fields.event_id:
             return "bad_event_id", msg
         return "wrong_type", msg
 
@@ -291,28 +293,38 @@ class EventCodec:
         if hv["ce_specversion"] != "1.0":
             raise _RejectError("cloudevents_header", f"unsupported ce_specversion "
                           f"{hv['ce_specversion']!r} (want '1.0')")
-        body = self._any_decoder.decode(rec.value or b"")
-        if not isinstance(body, dict):
-            raise _RejectError("wrong_type", f"CloudEvent data must be a JSON object, got "
-                          f"{type(body).__name__}")
+        # keep the body's values raw, so the typed decode below reports field
+        # paths (and reasons) exactly as for plain JSON events
+        try:
+            (rec.value or b"").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _RejectError("not_utf8", f"value is not UTF-8: {exc}") from exc
+        try:
+            body = self._raw_object_decoder.decode(rec.value or b"")
+        except msgspec.ValidationError as exc:
+            raise _RejectError("wrong_type", f"CloudEvent data must be a JSON object: "
+                               f"{exc}") from exc
         f = self.settings.fields
         ce = self.settings.cloudevents
-        body.setdefault(f.event_id, hv["ce_id"])
+        fills = {f.event_id: hv["ce_id"]}
         if "ce_time" in hv:
-            body.setdefault(f.ts, hv["ce_time"])
+            fills[f.ts] = hv["ce_time"]
         if kind == "prediction":
             if ce.model_header in hv:
-                body.setdefault(f.model, hv[ce.model_header])
+                fills[f.model] = hv[ce.model_header]
             if ce.version_header in hv:
-                body.setdefault(f.model_version, hv[ce.version_header])
-        return body
+                fills[f.model_version] = hv[ce.version_header]
+        for key, value in fills.items():
+            if key not in body:
+                body[key] = msgspec.Raw(msgspec.json.encode(value))
+        return msgspec.json.encode(body)
 
     def _decode_one(self, rec: RawRecord, decoder: msgspec.json.Decoder[Any], typ: Any,
                     kind: str) -> Any:
         if self._cloudevents and rec.headers:
             body = self._cloudevent_body(rec, kind)
             if body is not None:
-                return msgspec.convert(body, typ)
+                return decoder.decode(body)
         return decoder.decode(rec.value or b"")
 
     # -------------------------------------------------------------- public API
@@ -341,7 +353,7 @@ class EventCodec:
                 # the common case, same checks as below without the indirection
                 try:
                     ev = decode(value)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
                     reason, detail = self._classify(exc, score_field, value)
                     rejected.append(Rejected(rec, reason, detail))
                     continue
@@ -361,7 +373,7 @@ class EventCodec:
             except _RejectError as rj:
                 rejected.append(Rejected(rec, rj.reason, rj.detail))
                 continue
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
                 reason, detail = self._classify(exc, score_field, rec.value)
                 rejected.append(Rejected(rec, reason, detail))
                 continue
@@ -448,7 +460,7 @@ class EventCodec:
             except _RejectError as rj:
                 rejected.append(Rejected(rec, rj.reason, rj.detail))
                 continue
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
                 reason, detail = self._classify(exc, "", rec.value)
                 rejected.append(Rejected(rec, reason, detail))
                 continue

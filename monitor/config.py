@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -371,9 +372,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML file is passed in as init kwargs (see load_settings); the
-        # environment overrides it.
-        return (env_settings, init_settings, file_secret_settings)
+        # explicit overrides > environment > the YAML file (see load_settings);
+        # nested sections are merged key by key
+        return (init_settings, env_settings, _YamlSource(settings_cls), file_secret_settings)
 
     def model(self, name: str) -> ModelSettings | None:
         for m in self.models:
@@ -385,6 +386,20 @@ class Settings(BaseSettings):
         """SHA-256 of the effective configuration, secrets masked."""
         body = self.model_dump(mode="json")
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+_YAML_DATA: ContextVar[dict[str, Any]] = ContextVar("driftgate_yaml_data", default={})
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The YAML file's content, below the environment in precedence."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        data = _YAML_DATA.get()
+        return data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_YAML_DATA.get())
 
 
 def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
@@ -428,11 +443,13 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         if not isinstance(loaded, dict):
             raise ConfigError([("<root>", f"must be a mapping, got {type(loaded).__name__}")])
         data = _resolve_paths(loaded, p.parent)
-    data.update(overrides)
+    token = _YAML_DATA.set(data)
     try:
-        return Settings(**data)
+        return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from exc
+    finally:
+        _YAML_DATA.reset(token)
 
 
 _PATH_KEYS = {("reference", "path"), ("kafka", "ssl_cafile"), ("kafka", "ssl_certfile"),

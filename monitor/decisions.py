@@ -252,6 +252,7 @@ class DecisionLayer:
             t.cancel()
         for s in self._senders.values():
             await s.aclose()
+        self.audit.close()
 
     # --------------------------------------------------------------- bodies
     def _rollback_body(self, d: Decision) -> dict[str, Any]:

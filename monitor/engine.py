@@ -193,6 +193,7 @@ class Engine:
         self.invalid: Counter[tuple[str, str]] = Counter()
         self._evaluation: Evaluation | None = None
         self._dirty = True
+        self._unstamped_orphans = False
 
     # -------------------------------------------------------------- reference
     def _check_reference(self, reference: ReferenceProfile) -> None:
@@ -214,8 +215,14 @@ class Engine:
             fresh.predictions_total = st.predictions_total
             fresh.labels_joined_total = st.labels_joined_total
             fresh.late_total = st.late_total
+            fresh.late_labels_total = st.late_labels_total
             fresh.confusion_total = st.confusion_total
+            fresh.last_event_ts = st.last_event_ts
+            # KPI windows and ADWIN streams do not depend on the bins: keep them
             fresh.kpi_counts, fresh.kpi_amounts = st.kpi_counts, st.kpi_amounts
+            fresh.adwin_error, fresh.adwin_score = st.adwin_error, st.adwin_score
+            fresh.adwin_error_detections = st.adwin_error_detections
+            fresh.adwin_score_detections = st.adwin_score_detections
             self.versions[key] = fresh
         self._dirty = True
 
@@ -286,13 +293,20 @@ class Engine:
         w = self.settings.windows
         n = len(cols)
         stats.predictions += n
-        # Running watermark: event i is late if older than max(ts before i) - lateness.
+        # Running watermark: event i is late if older than max(ts before i) minus the
+        # allowed lateness, or if its slice had already left the window when it came.
+        # An in-order event whose slice expires later in the same batch is not late:
+        # it is counted and expires, as it would have one event at a time.
         prev = np.maximum.accumulate(np.r_[self.watermark, cols.ts])[:-1]
-        late = cols.ts < prev - w.allowed_lateness_seconds
-        self.watermark = max(self.watermark, float(cols.ts.max()))
         sids = np.floor(cols.ts / w.slice_seconds).astype(np.int64)
+        with np.errstate(invalid="ignore"):
+            prev_head = np.floor(prev / w.slice_seconds)
+        late = (cols.ts < prev - w.allowed_lateness_seconds) | (
+            sids <= prev_head - w.n_slices)
+        self.watermark = max(self.watermark, float(cols.ts.max()))
         head = math.floor(self.watermark / w.slice_seconds)
-        late |= sids <= head - w.n_slices
+        if self._unstamped_orphans:
+            self._stamp_orphans()
         ref = self.reference
         num_idx = ref.numeric.bin_index(cols.numeric)
         # with no categorical features, bin_index({}) cannot know the batch length
@@ -377,8 +391,10 @@ class Engine:
                 # the orphan's age is judged by its own time, else the watermark
                 # at arrival (or, before any prediction, at the next expiry pass)
                 t = label_ts[i]
-                orphans[eid] = (labels[i], amounts[i],
-                                t if math.isfinite(t) else self.watermark)
+                if not math.isfinite(t):
+                    t = self.watermark
+                    self._unstamped_orphans |= not math.isfinite(t)
+                orphans[eid] = (labels[i], amounts[i], t)
                 continue
             key, sid, decision, amount, _ts = p
             joined_rows.append((key, sid, decision, amount, labels[i], amounts[i]))
@@ -435,6 +451,13 @@ class Engine:
             res = st.adwin_error.update((d != y).astype(np.float64))
             st.adwin_error_detections += int(res.change_positions.size)
 
+    def _stamp_orphans(self) -> None:
+        """Give labels that came before any prediction the first finite watermark."""
+        for eid, o in self._orphans.items():
+            if not math.isfinite(o[2]):
+                self._orphans[eid] = (o[0], o[1], self.watermark)
+        self._unstamped_orphans = False
+
     def _expire(self) -> None:
         if not math.isfinite(self.watermark):
             return
@@ -449,9 +472,6 @@ class Engine:
         orphans = self._orphans
         while orphans:
             eid, o = next(iter(orphans.items()))
-            if not math.isfinite(o[2]):
-                orphans[eid] = (o[0], o[1], self.watermark)
-                break
             if o[2] >= horizon:
                 break
             del orphans[eid]

@@ -32,7 +32,10 @@ def read_events_frame(path: Path, settings: Settings) -> pd.DataFrame:
     feat_col = settings.fields.features
     if feat_col in df.columns:
         nested = pd.json_normalize(df[feat_col].tolist())
-        df = pd.concat([df.drop(columns=[feat_col]).reset_index(drop=True), nested], axis=1)
+        # the nested features win over top-level fields of the same name (an
+        # event's "amount" field and its "amount" feature)
+        top = df.drop(columns=[feat_col, *[c for c in nested.columns if c in df.columns]])
+        df = pd.concat([top.reset_index(drop=True), nested], axis=1)
     return df
 
 

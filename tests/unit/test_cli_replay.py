@@ -250,11 +250,6 @@ def test_reference_fit_missing_column(tmp_path: Path, config: Path) -> None:
     assert "merchant_category" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reference_io.py read_events_frame concatenates "
-                   "the nested features next to the top-level columns; an event with both "
-                   "amount and features.amount (the generator's, KServe-style events) gets "
-                   "two 'amount' columns and fit_reference_file crashes with a TypeError "
-                   "(exit 1, traceback)")
 def test_reference_fit_events_with_top_level_amount(
         tmp_path: Path, config: Path,
         traffic: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
@@ -266,10 +261,6 @@ def test_reference_fit_events_with_top_level_amount(
                           "--out", str(out)), out, len(preds))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli.py reference_fit passes "
-                   "reference={'fit_from_champion_events': 1} as an override, which replaces "
-                   "the whole reference section of the file, so reference.n_bins and top_k "
-                   "from the config are ignored (always 10 bins)")
 def test_reference_fit_uses_configured_bins(
         tmp_path: Path, traffic: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
     preds, _ = traffic

@@ -110,9 +110,6 @@ def test_explicit_overrides_beat_the_file(tmp_path: Path) -> None:
     assert load_settings(cfg, source="replay").source == "replay"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config.py settings_customise_sources puts env "
-                   "before init kwargs, so the environment beats explicit overrides, "
-                   "contrary to the documented precedence")
 def test_explicit_overrides_beat_the_env(tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _config(tmp_path)

@@ -181,11 +181,6 @@ def test_batch_split_does_not_matter(tmp_path: Path, ref: ReferenceProfile,
     assert ev1.watermark == ev37.watermark
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine.py _process_predictions marks events "
-                   "whose slice is older than the *batch-final* head as late "
-                   "(late |= sids <= head - n_slices), so in-order events of a batch spanning "
-                   "more than the window are counted in late_total; with small batches they "
-                   "are not")
 def test_in_order_events_are_never_late(tmp_path: Path, ref: ReferenceProfile,
                                         stream: tuple[list[dict[str, Any]],
                                                       list[dict[str, Any]]]) -> None:
@@ -353,10 +348,6 @@ def test_orphan_label_ttl(tmp_path: Path, ref: ReferenceProfile) -> None:
     assert eng.pending_labels == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine.py _expire stamps only the first orphan "
-                   "label without a time (arrived before any prediction) with the watermark "
-                   "and breaks; the others keep -inf and are stamped one per later pass, so "
-                   "they outlive the TTL")
 def test_orphans_without_time_expire_together(tmp_path: Path, ref: ReferenceProfile) -> None:
     f = Feeder(make_settings(tmp_path, join={"ttl_seconds": 100}), ref)
     f.feed(labels=[label(f"l{i}") for i in range(3)])  # no ts, no watermark yet
@@ -455,9 +446,6 @@ def test_set_reference_keeps_counters(tmp_path: Path, ref: ReferenceProfile,
         1 for p in preds[1000:1400] if p["model_version"] == "v1")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: engine.py set_reference copies only some "
-                   "counters into the fresh state: late_labels_total and the ADWIN detection "
-                   "counts (exposed as Prometheus counters) drop back to 0")
 def test_set_reference_keeps_every_counter(tmp_path: Path, ref: ReferenceProfile) -> None:
     f = Feeder(make_settings(tmp_path, windows={"kpi_window_seconds": 60}), ref)
     # a step in the score stream: ADWIN detects a change
