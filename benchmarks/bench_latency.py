@@ -290,6 +290,7 @@ class Trial:
     trial_s: float = math.nan
     stop_s: float = math.nan
     replay_s: float = math.nan
+    attempt_at: float | None = None  # the first router attempt's start (audit log)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -311,6 +312,18 @@ class Trial:
             return None
         return self.received_at - self.decision.at
 
+    def to_attempt(self) -> float | None:
+        """Decision to the first HTTP attempt (audit append, decisions topic, spawn)."""
+        if self.decision is None or self.attempt_at is None:
+            return None
+        return self.attempt_at - self.decision.at
+
+    def http(self) -> float | None:
+        """First attempt's start to the router's receipt (sign, connect, POST, verify)."""
+        if self.attempt_at is None or self.received_at is None:
+            return None
+        return self.received_at - self.attempt_at
+
     def detect(self) -> float | None:
         if self.push is None or self.decision is None:
             return None
@@ -322,6 +335,7 @@ class Trial:
             "trial": self.index, "seed": self.seed, "ok": self.ok, "error": self.error,
             "latency_s": self.latency(), "decision_delay_s": self.decision_delay(),
             "delivery_s": self.delivery(), "detect_s": self.detect(),
+            "decision_to_attempt_s": self.to_attempt(), "attempt_to_router_s": self.http(),
             "push_after_bug_s": None if push is None else push.at - self.bug_at,
             "push_event_index": None if push is None else push.index,
             "push_event_version": None if push is None else push.version,
@@ -333,6 +347,20 @@ class Trial:
             "trial_s": self.trial_s, "stop_s": self.stop_s, "replay_s": self.replay_s,
             "notes": self.notes,
         }
+
+
+def _first_attempt_at(path: Path, webhook_id: str, model: str) -> float | None:
+    """When the first attempt to deliver ``webhook_id`` to the router started."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        rec = json.loads(line)
+        if (rec.get("kind") == "attempt" and rec.get("webhook_id") == webhook_id
+                and rec.get("target") == f"router:{model}" and rec.get("number") == 1):
+            return float(rec["at"])
+    return None
 
 
 def _trial_settings(broker: EmbeddedBroker, workdir: Path, router: RouterStub, secret: str,
@@ -449,6 +477,9 @@ async def _run_trial(broker: EmbeddedBroker, root: Path, reference: ReferencePro
         await router.stop()
         trial.stop_s = time.time() - stop_at
     trial.trial_s = time.time() - started
+    if trial.decision is not None:
+        trial.attempt_at = _first_attempt_at(Path(settings.audit.path),
+                                             trial.decision.decision_id, MODEL)
     if traffic is not None:
         trial.events = len(traffic.produced)
         t = time.perf_counter()
@@ -505,7 +536,8 @@ async def _run(quick: bool) -> dict[str, Any]:
                 _log(f"trial {i + 1}/{n_trials} seed {trial.seed}: "
                      + (f"latency {lat:.3f}s (decision {trial.decision_delay() or 0:.3f}s, "
                         f"delivery {trial.delivery() or 0:.3f}s, detect "
-                        f"{trial.detect() or 0:.3f}s), "
+                        f"{trial.detect() or 0:.3f}s, to attempt "
+                        f"{trial.to_attempt() or 0:.3f}s, http {trial.http() or 0:.3f}s), "
                         if lat is not None else f"FAILED {trial.error}, ")
                      + f"join {trial.join_s:.1f}s, trial {trial.trial_s:.1f}s, "
                        f"replay {trial.replay_s:.2f}s"
@@ -515,6 +547,8 @@ async def _run(quick: bool) -> dict[str, Any]:
     decisions = [v for tr in ok if (v := tr.decision_delay()) is not None]
     deliveries = [v for tr in ok if (v := tr.delivery()) is not None]
     detects = [v for tr in ok if (v := tr.detect()) is not None]
+    to_attempts = [v for tr in ok if (v := tr.to_attempt()) is not None]
+    https = [v for tr in ok if (v := tr.http()) is not None]
     lat_stats = _stats(latencies)
     p99 = lat_stats["p99"]
     result: dict[str, Any] = {
@@ -533,6 +567,14 @@ async def _run(quick: bool) -> dict[str, Any]:
         "decision_delay_s": _stats(decisions),
         "delivery_s": _stats(deliveries),
         "detect_s": _stats(detects),
+        "decision_to_attempt_s": _stats(to_attempts),
+        "attempt_to_router_s": _stats(https),
+        "decomposition": "latency = decision_delay + delivery; decision_delay = detect "
+                         "(breach_started_at - t_push: produce, broker, fetch, decode, first "
+                         "tick that saw the breach) + (decision.at - breach_started_at - "
+                         "sustain: tick quantization of the sustain period); delivery = "
+                         "decision_to_attempt (decision audit record, decisions-topic publish "
+                         "acked, task spawn) + attempt_to_router (sign, connect, POST, verify)",
         "target_p99_s": TARGET_P99_S,
         "target_p99_le_1s": bool(len(ok) == len(trials) and p99 is not None
                                  and p99 <= TARGET_P99_S),

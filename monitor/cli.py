@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -129,6 +130,94 @@ def audit_verify(file: Annotated[Path, typer.Argument(help="Audit log (JSON line
         return
     typer.echo(f"BROKEN at line {result.first_bad_line}: {result.reason}", err=True)
     raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    model: Annotated[str, typer.Option(help="Model name.")],
+    version: Annotated[str, typer.Option(help="Model version.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")],
+    url: Annotated[str, typer.Option(help="The running service's HTTP address.")] =
+        "http://127.0.0.1:8080",
+) -> None:
+    """Evidently data-drift report of a version's window sample vs the reference."""
+    import httpx
+
+    base = f"{url.rstrip('/')}/v1/reports/{model}/{version}"
+    try:
+        summary = httpx.get(base, params={"format": "json"}, timeout=120)
+        if summary.status_code != 200:
+            typer.echo(f"error: {summary.json().get('error', summary.text)}", err=True)
+            raise typer.Exit(1)
+        html = httpx.get(base, timeout=120)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    out.write_text(html.text)
+    doc = summary.json()
+    typer.echo(json.dumps({"out": str(out), "drifted_features": doc["drifted_features"],
+                           "current_rows": doc["current_rows"],
+                           "reference_rows": doc["reference_rows"]}))
+
+
+@app.command()
+def traffic(
+    bootstrap: Annotated[str, typer.Option(help="Kafka bootstrap servers.")],
+    rate: Annotated[float, typer.Option(help="Transactions per second.")] = 200.0,
+    duration: Annotated[float, typer.Option(help="Seconds to run (0 = until stopped).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    bug_after: Annotated[float | None, typer.Option(
+        help="Seconds until the canary's feature pipeline breaks (none if unset).")] = None,
+    canary_share: Annotated[float, typer.Option(help="Canary share when no router.")] = 0.1,
+    router_url: Annotated[str | None, typer.Option(
+        help="Router stub whose /weights set the canary share (polled every second).")] = None,
+    predictions_topic: Annotated[str, typer.Option()] = "predictions",
+    labels_topic: Annotated[str, typer.Option()] = "labels",
+) -> None:
+    """Produce synthetic card traffic (predictions + delayed labels) to Kafka."""
+    from monitor.traffic_cli import run_traffic
+
+    try:
+        asyncio.run(run_traffic(bootstrap, rate, duration, seed, bug_after, canary_share,
+                                router_url, predictions_topic, labels_topic))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command("router-stub")
+def router_stub(
+    secret_file: Annotated[Path, typer.Option(help="Webhook secret(s), one per line.")],
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 9000,
+    model: Annotated[str, typer.Option()] = "card-fraud",
+    champion: Annotated[str, typer.Option()] = "v1",
+    canary: Annotated[str, typer.Option()] = "v2",
+    canary_weight: Annotated[int, typer.Option(min=0, max=100)] = 10,
+    unsigned_alerts: Annotated[bool, typer.Option(
+        help="Accept unsigned Alertmanager payloads on /alerts.")] = False,
+) -> None:
+    """Serve the traffic-router stub (verifies signed rollback webhooks)."""
+    from monitor.router_stub import RouterStub
+
+    if not secret_file.is_file():
+        typer.echo(f"error: secret file {str(secret_file)!r} does not exist", err=True)
+        raise typer.Exit(2)
+    secrets = [s.strip() for s in secret_file.read_text().splitlines() if s.strip()]
+    stub = RouterStub(secrets=secrets, host=host, port=port,
+                      weights={model: {champion: 100 - canary_weight, canary: canary_weight}},
+                      require_signed_alerts=not unsigned_alerts)
+
+    async def serve() -> None:
+        await stub.start()
+        typer.echo(f"router stub on {stub.url}")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await stub.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 @app.command()

@@ -227,6 +227,8 @@ class EvaluationSettings(_Strict):
     eps: float = Field(1e-4, gt=0, lt=1)
     confidence: float = Field(0.95, gt=0, lt=1)
     adwin_delta: float = Field(0.002, gt=0, lt=1)
+    # raw rows kept per version (over the drift window) for Evidently reports
+    report_sample_size: int = Field(5000, ge=0, le=1_000_000)
 
 
 class HttpSettings(_Strict):
@@ -388,18 +390,19 @@ class Settings(BaseSettings):
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-_YAML_DATA: ContextVar[dict[str, Any]] = ContextVar("driftgate_yaml_data", default={})
+_YAML_DATA: ContextVar[dict[str, Any] | None] = ContextVar("driftgate_yaml_data",
+                                                            default=None)
 
 
 class _YamlSource(PydanticBaseSettingsSource):
     """The YAML file's content, below the environment in precedence."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        data = _YAML_DATA.get()
+        data = _YAML_DATA.get() or {}
         return data.get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_YAML_DATA.get())
+        return dict(_YAML_DATA.get() or {})
 
 
 def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:

@@ -33,6 +33,7 @@ from rich.table import Table
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import Settings, load_settings
+from monitor.reports import attach_sample
 from monitor.service import Service
 from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
 
@@ -46,12 +47,14 @@ def _fit_reference(seed: int) -> ReferenceProfile:
     gen = TrafficGenerator(seed=seed + 1000, canary_share=0.0)
     batch = gen.generate(30_000, start_ts=time.time() - 86_400, rate_per_s=1000.0)
     preds = batch.predictions
-    return ReferenceProfile.fit(
-        {f: np.array([p["features"][f] for p in preds]) for f in NUMERIC_FEATURES},
-        {"merchant_category": [p["features"]["merchant_category"] for p in preds]},
-        np.array([p["score"] for p in preds]),
+    numeric = {f: np.array([p["features"][f] for p in preds]) for f in NUMERIC_FEATURES}
+    cats: dict[str, list[object]] = {
+        "merchant_category": [p["features"]["merchant_category"] for p in preds]}
+    scores = np.array([p["score"] for p in preds])
+    return attach_sample(ReferenceProfile.fit(
+        numeric, cats, scores,
         metadata={"source": "synthetic healthy champion traffic", "seed": seed + 1000},
-    )
+    ), numeric, cats, scores)
 
 
 def demo_settings(bootstrap: str, workdir: Path, router_url: str, secret: str,

@@ -47,6 +47,7 @@ from detectors import (
 from detectors.kpi import FraudKPIs
 from monitor.codec import DecodedBatch, LabelColumns, PredictionColumns
 from monitor.config import Settings
+from monitor.reports import SliceReservoir
 
 __all__ = ["SCORE_FEATURE", "Engine", "Evaluation", "VersionEvaluation", "VersionState"]
 
@@ -76,6 +77,7 @@ class VersionState:
     late_total: int = 0
     late_labels_total: int = 0
     confusion_total: ConfusionCounts = field(default_factory=ConfusionCounts)
+    sample: SliceReservoir | None = None
     adwin_error_detections: int = 0
     adwin_score_detections: int = 0
     last_event_ts: float = math.nan
@@ -256,6 +258,10 @@ class Engine:
             kpi_amounts=SlicedWindow(w.kpi_n_slices, (4,), dtype="float64"),
             adwin_error=BatchADWIN(delta=ev.adwin_delta),
             adwin_score=BatchADWIN(delta=ev.adwin_delta),
+            sample=(SliceReservoir(ev.report_sample_size, w.n_slices,
+                                   len(ref.numeric.features), len(ref.categorical.features),
+                                   seed=hash((model, version)) & 0xFFFF)
+                    if ev.report_sample_size else None),
         )
 
     def state(self, model: str, version: str) -> VersionState:
@@ -340,6 +346,11 @@ class Engine:
                 ):
                     win.advance(head)
                     win.add_many(u_sids, count_by_group(local, idx[ok], u_sids.size, ncols))
+                if st.sample is not None:
+                    st.sample.add(sids[ok], cols.numeric[ok], _CatRows(cols, ok),
+                                  cols.score[ok])
+            if st.sample is not None:
+                st.sample.expire(head - w.n_slices + 1)
             res = st.adwin_score.update(cols.score[rows])
             st.adwin_score_detections += int(res.change_positions.size)
         for st in self.versions.values():
@@ -552,6 +563,21 @@ class Engine:
         if self._dirty or self._evaluation is None:
             return self.evaluate()
         return self._evaluation
+
+
+class _CatRows:
+    """Row ``i`` of a subset's categorical values, built only when asked for."""
+
+    def __init__(self, cols: PredictionColumns, rows: npt.NDArray[np.intp]) -> None:
+        self._cols = [cols.categorical[name] for name in cols.categorical]
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return int(self._rows.size)
+
+    def __getitem__(self, i: int) -> list[object]:
+        r = int(self._rows[i])
+        return [c[r] for c in self._cols]
 
 
 def _kpi_tests(champion: ConfusionCounts,

@@ -8,6 +8,7 @@ adds its own routes through :func:`build_app`'s ``extra_routes``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from typing import Any
@@ -236,7 +237,29 @@ def decision_routes(service: Service, layer: Any) -> Callable[[web.Application],
                                      "after": ref.content_hash})
         return web.json_response({"reference_hash": ref.content_hash})
 
+    async def report(request: web.Request) -> web.Response:
+        from monitor.reports import build_report
+
+        model, version = request.match_info["model"], request.match_info["version"]
+        eng = service.engine
+        st = eng.versions.get((model, version)) if eng is not None else None
+        if eng is None or st is None:
+            return web.json_response({"error": f"no data for {model} {version}"}, status=404)
+        if st.sample is None:
+            return web.json_response({"error": "evaluation.report_sample_size is 0"},
+                                     status=409)
+        try:
+            html, summary = await asyncio.to_thread(
+                build_report, eng.reference, st.sample, list(eng.reference.numeric.features),
+                list(eng.reference.categorical.features), f"driftgate: {model} {version}")
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        if request.query.get("format") == "json":
+            return web.json_response(summary)
+        return web.Response(text=html, content_type="text/html")
+
     def install(app: web.Application) -> None:
+        app.router.add_get("/v1/reports/{model}/{version}", report)
         app.router.add_get("/v1/verdict", verdict)
         app.router.add_post("/v1/flagger/rollback", flagger_rollback)
         app.router.add_post("/v1/admin/roles", set_roles)

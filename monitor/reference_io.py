@@ -9,6 +9,7 @@ import pandas as pd
 
 from detectors import ReferenceProfile
 from monitor.config import Settings
+from monitor.reports import attach_sample
 
 __all__ = ["fit_reference_file", "read_events_frame"]
 
@@ -62,8 +63,11 @@ def fit_reference_file(path: Path, settings: Settings, model: str | None = None,
                for c in settings.features.numeric}
     categorical = {c: [None if pd.isna(v) else str(v) for v in df[c].tolist()]
                    for c in settings.features.categorical}
-    return ReferenceProfile.fit(
-        numeric, categorical, pd.to_numeric(df[f.score]).to_numpy(dtype=np.float64),
+    scores = pd.to_numeric(df[f.score]).to_numpy(dtype=np.float64)
+    profile = ReferenceProfile.fit(
+        numeric, categorical, scores,
         n_bins=settings.reference.n_bins, top_k=settings.reference.top_k,
         metadata={"source": path.name, "rows": len(df)},
     )
+    # a row sample travels with the profile for Evidently reports
+    return attach_sample(profile, numeric, categorical, scores)

@@ -25,6 +25,7 @@ from monitor.codec import DecodedBatch, EventCodec
 from monitor.config import Settings
 from monitor.engine import Engine, Evaluation
 from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus
+from monitor.reports import attach_sample
 from monitor.sources import DeadLetterSink, Source, SourceBatch
 
 __all__ = ["Service", "TickHandler"]
@@ -173,12 +174,13 @@ class Service:
                 cats[c].extend(x for x, keep in zip(p.categorical[c], mask, strict=True)
                                if keep)
         matrix = np.concatenate(num) if num else np.empty((0, 0))
-        ref = ReferenceProfile.fit(
-            {f: matrix[:, j] for j, f in enumerate(self.settings.features.numeric)},
-            cats, np.concatenate(scores), n_bins=self.settings.reference.n_bins,
+        numeric = {f: matrix[:, j] for j, f in enumerate(self.settings.features.numeric)}
+        score_arr = np.concatenate(scores)
+        ref = attach_sample(ReferenceProfile.fit(
+            numeric, cats, score_arr, n_bins=self.settings.reference.n_bins,
             top_k=self.settings.reference.top_k,
             metadata={"source": "champion events", "events": int(matrix.shape[0])},
-        )
+        ), numeric, cats, score_arr)
         log.info("reference fitted from champion events", events=int(matrix.shape[0]),
                  hash=ref.content_hash[:16])
         engine = Engine(self.settings, ref, self.clock)

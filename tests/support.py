@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detectors import ReferenceProfile, js_divergence, kl_divergence, psi
 from detectors.kpi import wilson_interval
+from monitor.reports import attach_sample
 from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
 
 MODEL = "card-fraud"
@@ -41,8 +42,10 @@ def fit_reference(seed: int = 99, n: int = 20_000) -> ReferenceProfile:
     batch = gen.generate(n, start_ts=1_600_000_000.0, rate_per_s=1000.0)
     preds = batch.predictions
     numeric = {f: np.array([p["features"][f] for p in preds]) for f in NUMERIC_FEATURES}
-    cats = {"merchant_category": [p["features"]["merchant_category"] for p in preds]}
-    return ReferenceProfile.fit(numeric, cats, np.array([p["score"] for p in preds]))
+    cats: dict[str, list[object]] = {
+        "merchant_category": [p["features"]["merchant_category"] for p in preds]}
+    scores = np.array([p["score"] for p in preds])
+    return attach_sample(ReferenceProfile.fit(numeric, cats, scores), numeric, cats, scores)
 
 
 def write_config(path: Path, **sections: Any) -> Path:

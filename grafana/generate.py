@@ -1,0 +1,694 @@
+#!/usr/bin/env python3
+"""Generate driftgate's Grafana dashboards (grafana/dashboards/*.json).
+
+The dashboards are code so that panels stay consistent (units, legends,
+variables, thresholds) and reviewable. Edit this file, then run::
+
+    python grafana/generate.py            # rewrites grafana/dashboards/
+    python grafana/generate.py --check    # exits 1 if the committed JSON is stale
+
+``tests/integration/test_ops_configs.py`` regenerates into a temporary folder
+and fails when the committed files differ, and checks every PromQL expression
+(parses; only metrics driftgate exports or its recording rules define).
+
+Every dashboard has the variables ``datasource``, ``job``, ``model`` and
+``version`` (Prometheus ``label_values`` queries); expressions filter with
+``job=~"$job"``, ``model=~"$model"`` and ``version=~"$version"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "dashboards"
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SCHEMA_VERSION = 39
+PSI_WARN, PSI_ALERT = 0.1, 0.25
+P_VALUE_MAX = 0.01
+KPIS = (
+    ("catch_rate", "Catch rate", "Share of frauds the model declined (recall)."),
+    ("precision", "Precision", "Share of declined transactions that were fraud."),
+    ("alert_rate", "Alert rate", "Share of transactions declined."),
+    ("amount_weighted_catch_rate", "Amount-weighted catch rate",
+     "Share of fraud *amount* the model declined."),
+)
+ROLE_COLORS = {"champion": "blue", "canary": "orange"}
+
+# Label matchers shared by every query.
+J = 'job=~"$job"'
+JMV = f'{J}, model=~"$model", version=~"$version"'
+JM = f'{J}, model=~"$model"'
+
+
+# ----------------------------------------------------------------- panels
+@dataclass
+class Target:
+    expr: str
+    legend: str = ""
+    instant: bool = False
+    fmt: str = "time_series"
+
+    def render(self, ref: str) -> dict[str, Any]:
+        return {
+            "datasource": DS,
+            "editorMode": "code",
+            "expr": self.expr,
+            "format": self.fmt,
+            "instant": self.instant,
+            "legendFormat": self.legend or "__auto",
+            "range": not self.instant,
+            "refId": ref,
+        }
+
+
+@dataclass
+class Panel:
+    """One panel; ``w``/``h`` in grid units (24 columns)."""
+
+    kind: str
+    title: str
+    targets: Sequence[Target]
+    description: str = ""
+    unit: str = "short"
+    w: int = 12
+    h: int = 8
+    min: float | None = None
+    max: float | None = None
+    decimals: int | None = None
+    thresholds: Sequence[tuple[str, float | None]] = (("green", None),)
+    threshold_style: str = "off"
+    mappings: Sequence[dict[str, Any]] = ()
+    overrides: Sequence[dict[str, Any]] = ()
+    draw: str = "line"
+    stack: bool = False
+    fill: int = 10
+    log_scale: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    transformations: Sequence[dict[str, Any]] = ()
+    repeat: str | None = None
+
+    def render(self, pid: int, x: int, y: int) -> dict[str, Any]:
+        defaults: dict[str, Any] = {
+            "color": {"mode": "palette-classic"},
+            "mappings": list(self.mappings),
+            "thresholds": {"mode": "absolute", "steps": [
+                {"color": c, "value": v} for c, v in self.thresholds]},
+            "unit": self.unit,
+        }
+        for key in ("min", "max", "decimals"):
+            value = getattr(self, key)
+            if value is not None:
+                defaults[key] = value
+        if self.kind == "timeseries":
+            defaults["custom"] = {
+                "axisSoftMin": 0 if self.min is None and not self.log_scale else None,
+                "drawStyle": self.draw,
+                "fillOpacity": self.fill,
+                "lineWidth": 1,
+                "pointSize": 4,
+                "scaleDistribution": ({"type": "log", "log": 10} if self.log_scale
+                                      else {"type": "linear"}),
+                "showPoints": "never",
+                "spanNulls": False,
+                "stacking": {"group": "A", "mode": "normal" if self.stack else "none"},
+                "thresholdsStyle": {"mode": self.threshold_style},
+            }
+            defaults["custom"] = {k: v for k, v in defaults["custom"].items() if v is not None}
+            options: dict[str, Any] = {
+                "legend": {"calcs": ["lastNotNull", "max"], "displayMode": "table",
+                           "placement": "bottom", "showLegend": True},
+                "tooltip": {"mode": "multi", "sort": "desc"},
+            }
+        elif self.kind == "stat":
+            defaults["color"] = {"mode": "thresholds"}
+            options = {"colorMode": "background", "graphMode": "none", "justifyMode": "auto",
+                       "orientation": "auto", "textMode": "value_and_name",
+                       "reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
+                                         "values": False}}
+        elif self.kind == "state-timeline":
+            defaults["color"] = {"mode": "thresholds"}
+            defaults["custom"] = {"fillOpacity": 80, "lineWidth": 0}
+            options = {"alignValue": "left", "mergeValues": True, "rowHeight": 0.8,
+                       "showValue": "never", "legend": {"displayMode": "list",
+                                                        "placement": "bottom",
+                                                        "showLegend": True},
+                       "tooltip": {"mode": "single", "sort": "none"}}
+        elif self.kind == "table":
+            defaults["custom"] = {"align": "auto", "cellOptions": {"type": "auto"}}
+            options = {"showHeader": True, "cellHeight": "sm",
+                       "footer": {"show": False, "reducer": ["sum"], "fields": ""}}
+        else:  # pragma: no cover - generator misuse
+            raise ValueError(f"unknown panel kind {self.kind!r}")
+        options.update(self.options)
+        out: dict[str, Any] = {
+            "datasource": DS,
+            "description": self.description,
+            "fieldConfig": {"defaults": defaults, "overrides": list(self.overrides)},
+            "gridPos": {"h": self.h, "w": self.w, "x": x, "y": y},
+            "id": pid,
+            "options": options,
+            "targets": [t.render(chr(ord("A") + i)) for i, t in enumerate(self.targets)],
+            "title": self.title,
+            "type": self.kind,
+        }
+        if self.transformations:
+            out["transformations"] = list(self.transformations)
+        if self.repeat:
+            out["repeat"] = self.repeat
+            out["repeatDirection"] = "h"
+        return out
+
+
+@dataclass
+class Row:
+    title: str
+    panels: Sequence[Panel]
+    repeat: str | None = None
+    collapsed: bool = False
+
+
+def timeseries(title: str, *targets: Target, **kw: Any) -> Panel:
+    return Panel("timeseries", title, targets, **kw)
+
+
+def stat(title: str, *targets: Target, **kw: Any) -> Panel:
+    kw.setdefault("w", 4)
+    kw.setdefault("h", 4)
+    return Panel("stat", title, targets, **kw)
+
+
+def state_timeline(title: str, *targets: Target, **kw: Any) -> Panel:
+    return Panel("state-timeline", title, targets, **kw)
+
+
+def table(title: str, *targets: Target, **kw: Any) -> Panel:
+    return Panel("table", title, targets, **kw)
+
+
+def rate(metric: str, matchers: str, by: str, interval: str = "$__rate_interval") -> str:
+    return f"sum by ({by}) (rate({metric}{{{matchers}}}[{interval}]))"
+
+
+def increase(metric: str, matchers: str, by: str, interval: str = "$__rate_interval") -> str:
+    return f"sum by ({by}) (increase({metric}{{{matchers}}}[{interval}]))"
+
+
+def quantile(q: float, metric: str, matchers: str, by: str = "le") -> str:
+    return (f"histogram_quantile({q}, sum by ({by}) "
+            f"(rate({metric}_bucket{{{matchers}}}[$__rate_interval])))")
+
+
+def value_mapping(codes: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
+    return {"type": "value", "options": {
+        str(code): {"text": text, "color": color, "index": i}
+        for i, (code, text, color) in enumerate(codes)}}
+
+
+def color_override(name: str, color: str, **props: Any) -> dict[str, Any]:
+    properties = [{"id": "color", "value": {"fixedColor": color, "mode": "fixed"}}]
+    properties += [{"id": k, "value": v} for k, v in props.items()]
+    return {"matcher": {"id": "byName", "options": name}, "properties": properties}
+
+
+# -------------------------------------------------------------- variables
+def query_variable(name: str, label: str, query: str, *, multi: bool = True,
+                   hide: int = 0) -> dict[str, Any]:
+    return {
+        "allValue": ".*",
+        "current": {},
+        "datasource": DS,
+        "definition": query,
+        "hide": hide,
+        "includeAll": multi,
+        "label": label,
+        "multi": multi,
+        "name": name,
+        "options": [],
+        "query": query,
+        "refresh": 2,
+        "regex": "",
+        "skipUrlSync": False,
+        "sort": 1,
+        "type": "query",
+    }
+
+
+def variables(*extra: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"current": {}, "hide": 0, "includeAll": False, "label": "Data source",
+         "multi": False, "name": "datasource", "options": [], "query": "prometheus",
+         "refresh": 1, "regex": "", "skipUrlSync": False, "type": "datasource"},
+        query_variable("job", "Job", "label_values(driftgate_reference_info, job)"),
+        query_variable("model", "Model",
+                       f"label_values(driftgate_events_total{{{J}}}, model)"),
+        query_variable("version", "Version",
+                       f'label_values(driftgate_events_total{{{JM}}}, version)'),
+        *extra,
+    ]
+
+
+ANNOTATIONS = [
+    {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+     "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
+     "name": "Annotations & Alerts", "type": "dashboard"},
+    {"datasource": DS, "enable": True, "hide": False, "iconColor": "red",
+     "name": "Rollback decisions",
+     "expr": ('sum by (model, version, rule) (changes(driftgate_decisions_total'
+              f'{{{JM}, action="rollback"}}[2m])) > 0'),
+     "step": "1m", "titleFormat": "rollback {{model}} {{version}}",
+     "textFormat": "rule {{rule}}", "useValueForTime": False},
+]
+
+
+# --------------------------------------------------------------- layout
+def dashboard(uid: str, title: str, description: str, rows: Iterable[Row],
+              extra_vars: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    pid = 0
+    y = 0
+    for row in rows:
+        pid += 1
+        row_panel: dict[str, Any] = {
+            "collapsed": row.collapsed, "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+            "id": pid, "panels": [], "title": row.title, "type": "row"}
+        if row.repeat:
+            row_panel["repeat"] = row.repeat
+        panels.append(row_panel)
+        y += 1
+        x, line_h = 0, 0
+        for p in row.panels:
+            if x + p.w > 24:
+                y += line_h
+                x, line_h = 0, 0
+            pid += 1
+            panels.append(p.render(pid, x, y))
+            x += p.w
+            line_h = max(line_h, p.h)
+        y += line_h
+    return {
+        "annotations": {"list": ANNOTATIONS},
+        "description": description,
+        "editable": True,
+        "fiscalYearStartMonth": 0,
+        "graphTooltip": 1,
+        "links": [{"asDropdown": True, "icon": "external link", "includeVars": True,
+                   "keepTime": True, "tags": ["driftgate"], "targetBlank": False,
+                   "title": "driftgate dashboards", "type": "dashboards"}],
+        "panels": panels,
+        "refresh": "30s",
+        "schemaVersion": SCHEMA_VERSION,
+        "tags": ["driftgate"],
+        "templating": {"list": variables(*extra_vars)},
+        "time": {"from": "now-6h", "to": "now"},
+        "timepicker": {},
+        "timezone": "utc",
+        "title": title,
+        "uid": uid,
+        "version": 1,
+    }
+
+
+# ------------------------------------------------------------ dashboards
+def overview() -> dict[str, Any]:
+    health = Row("Health", [
+        stat("Targets up", Target(f"sum(up{{{J}}})", "up"),
+             description="Scrape targets of the selected jobs that answer /metrics.",
+             thresholds=(("red", None), ("green", 1))),
+        stat("Ready instances", Target(f"sum(driftgate_ready{{{J}}})", "ready"),
+             description="Instances whose /readyz answers 200.",
+             thresholds=(("red", None), ("green", 1))),
+        stat("Assigned partitions", Target(f"sum(driftgate_assigned_partitions{{{J}}})",
+                                           "partitions"),
+             thresholds=(("red", None), ("green", 1))),
+        stat("Max consumer lag", Target(f"max(driftgate_consumer_lag{{{J}}})", "records"),
+             thresholds=(("green", None), ("orange", 10000), ("red", 50000))),
+        stat("Predictions / s", Target(
+            f'sum(rate(driftgate_events_total{{{JMV}, kind="prediction"}}[$__rate_interval]))',
+            "predictions/s"), unit="ops", thresholds=(("blue", None),)),
+        stat("Reference profile", Target(f"driftgate_reference_info{{{J}}}",
+                                         "{{hash}} ({{events}} events)", instant=True),
+             description="Content hash and size of the frozen reference profile.",
+             thresholds=(("blue", None),), options={"textMode": "name"}),
+    ])
+    throughput = Row("Throughput", [
+        timeseries("Events / s by model, version and kind", Target(
+            rate("driftgate_events_total", JMV, "model, version, kind"),
+            "{{model}} {{version}} {{kind}}"), unit="ops",
+            description="Accepted predictions, and labels joined to their prediction."),
+        timeseries("Labels received / s", Target(
+            rate("driftgate_labels_received_total", J, "instance"), "{{instance}}"),
+            unit="ops", description="Valid label events, joined or not."),
+        timeseries("Predictions in the drift window", Target(
+            f"sum by (model, version) (driftgate_window_events{{{JMV}}})",
+            "{{model}} {{version}}"),
+            description="PSI on small windows is biased upwards; the DriftgateDriftHigh "
+                        "alert needs at least 500."),
+        timeseries("Event-time watermark delay", Target(
+            f"time() - max by (instance) (driftgate_watermark_timestamp_seconds{{{J}}})",
+            "{{instance}}"), unit="s",
+            description="Wall clock minus the largest event timestamp seen."),
+    ])
+    kafka = Row("Kafka", [
+        timeseries("Consumer lag by partition", Target(
+            f"sum by (topic, partition) (driftgate_consumer_lag{{{J}}})",
+            "{{topic}}/{{partition}}"),
+            thresholds=(("green", None), ("red", 50000)), threshold_style="dashed",
+            description="Records between the committed position and the end of each "
+                        "partition. DriftgateConsumerLagHigh fires above 50000 for 10m."),
+        timeseries("Assigned partitions by instance", Target(
+            f"sum by (instance) (driftgate_assigned_partitions{{{J}}})", "{{instance}}")),
+        timeseries("Dead-lettered records / s", Target(
+            rate("driftgate_dead_letter_records_total", J, "instance"), "{{instance}}"),
+            unit="ops"),
+        timeseries("Dead-letter ratio (5m)", Target(
+            f"instance:driftgate_dead_letter:ratio_rate5m{{{J}}}", "{{instance}}"),
+            unit="percentunit", thresholds=(("green", None), ("red", 0.01)),
+            threshold_style="dashed",
+            description="Share of consumed records dead-lettered (recording rule). "
+                        "DriftgateDeadLetterRate fires above 1% for 10m."),
+    ])
+    quality = Row("Data quality", [
+        timeseries("Invalid events / s by reason", Target(
+            rate("driftgate_invalid_events_total", J, "kind, reason"), "{{kind}}: {{reason}}"),
+            unit="ops", stack=True, draw="bars", fill=80),
+        timeseries("Late events / s", Target(
+            rate("driftgate_late_events_total", JMV, "model, version"),
+            "late predictions {{model}} {{version}}"), Target(
+            rate("driftgate_late_labels_total", JMV, "model, version"),
+            "late labels {{model}} {{version}}"), unit="ops",
+            description="Predictions older than the allowed lateness, and labels whose "
+                        "prediction left the KPI window: counted, kept out of windows."),
+        timeseries("Duplicate events / s", Target(
+            rate("driftgate_duplicate_events_total", J, "kind"), "{{kind}}"), unit="ops"),
+        timeseries("Label join buffer", Target(
+            f"sum by (kind) (driftgate_join_pending{{{J}}})", "pending {{kind}}s"),
+            description="Events waiting in the label join buffer."),
+        timeseries("Join evictions / s", Target(
+            rate("driftgate_join_evictions_total", J, "reason"), "evicted: {{reason}}"),
+            Target(rate("driftgate_unmatched_labels_total", J, "reason"),
+                   "unmatched labels: {{reason}}"), unit="ops"),
+    ])
+    processing = Row("Processing", [
+        timeseries("Batch duration quantiles", *(
+            Target(quantile(q, "driftgate_batch_duration_seconds", J), f"p{int(q * 100)}")
+            for q in (0.5, 0.9, 0.99)), unit="s",
+            description="Decode, apply and store one consumed batch (histogram)."),
+        timeseries("Batch size quantiles", *(
+            Target(quantile(q, "driftgate_batch_events", J), f"p{int(q * 100)}")
+            for q in (0.5, 0.99)), description="Records per consumed batch."),
+        timeseries("Batches / s", Target(
+            rate("driftgate_batch_duration_seconds_count", J, "instance"), "{{instance}}"),
+            unit="ops"),
+        timeseries("Up and ready", Target(f"sum by (instance) (up{{{J}}})", "up {{instance}}"),
+                   Target(f"sum by (instance) (driftgate_ready{{{J}}})",
+                          "ready {{instance}}"), min=0, max=1, decimals=0,
+                   draw="line"),
+    ])
+    return dashboard("driftgate-overview", "driftgate / Service overview",
+                     "Throughput, Kafka lag, data quality and batch latency of driftgate.",
+                     [health, throughput, kafka, quality, processing])
+
+
+def _psi_thresholds() -> dict[str, Any]:
+    return {"thresholds": (("green", None), ("yellow", PSI_WARN), ("red", PSI_ALERT)),
+            "threshold_style": "dashed"}
+
+
+def drift() -> dict[str, Any]:
+    feature_var = query_variable(
+        "feature", "Feature",
+        f'label_values(driftgate_psi{{{JM}, feature!="model_score"}}, feature)')
+    score = f'{JMV}, feature="model_score"'
+    feats = f'{JMV}, feature=~"$feature", feature!="model_score"'
+    score_row = Row("Model score", [
+        timeseries("Score PSI vs reference", Target(
+            f'max by (model, version) (driftgate_psi{{{score}, baseline="reference"}})',
+            "{{model}} {{version}}"), **_psi_thresholds(),
+            description="Population stability index of each version's score window "
+                        "against the frozen reference. 0.1 moderate, 0.25 major shift "
+                        "(DriftgateDriftHigh)."),
+        timeseries("Score PSI, canary vs champion", Target(
+            f'max by (model, version) (driftgate_psi{{{score}, baseline="champion"}})',
+            "{{model}} canary {{version}}"), **_psi_thresholds(),
+            description="The canary's score window against the champion's window."),
+        timeseries("Score KL divergence", Target(
+            f"max by (model, version, baseline) (driftgate_kl_divergence{{{score}}})",
+            "{{model}} {{version}} vs {{baseline}}"),
+            description="KL(baseline || window) in nats."),
+        timeseries("Score Jensen-Shannon divergence", Target(
+            f"max by (model, version, baseline) (driftgate_js_divergence{{{score}}})",
+            "{{model}} {{version}} vs {{baseline}}"),
+            max=0.7, description="In nats, bounded by ln 2."),
+    ])
+    feature_row = Row("Features vs reference", [
+        timeseries("Feature PSI vs reference", Target(
+            f'max by (version, feature) (driftgate_psi{{{feats}, baseline="reference"}})',
+            "{{version}} {{feature}}"), **_psi_thresholds(), w=24, h=9),
+        timeseries("Feature KL divergence vs reference", Target(
+            f'max by (version, feature) (driftgate_kl_divergence{{{feats}, '
+            f'baseline="reference"}})', "{{version}} {{feature}}")),
+        timeseries("Feature JS divergence vs reference", Target(
+            f'max by (version, feature) (driftgate_js_divergence{{{feats}, '
+            f'baseline="reference"}})', "{{version}} {{feature}}")),
+        table("Current divergences", *(
+            Target(f"max by (model, version, feature, baseline) ({m}{{{JMV}}})",
+                   instant=True, fmt="table") for m in
+            ("driftgate_psi", "driftgate_kl_divergence", "driftgate_js_divergence")),
+            w=24, h=10,
+            transformations=[
+                {"id": "merge", "options": {}},
+                {"id": "organize", "options": {
+                    "excludeByName": {"Time": True},
+                    "renameByName": {"Value #A": "PSI", "Value #B": "KL", "Value #C": "JS"}}},
+                {"id": "sortBy", "options": {"sort": [{"field": "PSI", "desc": True}]}},
+            ],
+            overrides=[{"matcher": {"id": "byName", "options": "PSI"}, "properties": [
+                {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+                {"id": "thresholds", "value": {"mode": "absolute", "steps": [
+                    {"color": "green", "value": None}, {"color": "yellow", "value": PSI_WARN},
+                    {"color": "red", "value": PSI_ALERT}]}}]}],
+            decimals=4),
+    ])
+    canary_row = Row("Features, canary vs champion", [
+        timeseries("Feature PSI, canary vs champion", Target(
+            f'max by (version, feature) (driftgate_psi{{{feats}, baseline="champion"}})',
+            "canary {{version}} {{feature}}"), **_psi_thresholds()),
+        timeseries("Feature JS divergence, canary vs champion", Target(
+            f'max by (version, feature) (driftgate_js_divergence{{{feats}, '
+            f'baseline="champion"}})', "canary {{version}} {{feature}}")),
+    ])
+    adwin_row = Row("ADWIN change detection", [
+        timeseries("ADWIN detections", Target(
+            increase("driftgate_adwin_detections_total", JMV, "model, version, stream"),
+            "{{model}} {{version}} {{stream}}"), draw="bars", fill=80, w=8,
+            description="Changes detected per stream (error indicator, score)."),
+        timeseries("ADWIN window mean", Target(
+            f"max by (model, version, stream) (driftgate_adwin_mean{{{JMV}}})",
+            "{{model}} {{version}} {{stream}}"), w=8,
+            description="Mean of the adaptive window: error rate or mean score."),
+        timeseries("ADWIN window width", Target(
+            f"max by (model, version, stream) (driftgate_adwin_width{{{JMV}}})",
+            "{{model}} {{version}} {{stream}}"), w=8,
+            description="Events in the adaptive window; it shrinks after a change."),
+    ])
+    return dashboard("driftgate-drift", "driftgate / Drift",
+                     "PSI, KL and JS divergence per feature and for the model score, "
+                     "against the frozen reference and canary vs champion; ADWIN.",
+                     [score_row, feature_row, canary_row, adwin_row], [feature_var])
+
+
+def _role_kpi(kpi: str, role: str, bound: str) -> Target:
+    expr = (f'max(driftgate_kpi_ratio{{{JM}, kpi="{kpi}", bound="{bound}"}} '
+            f'and on (model, version) (driftgate_version_role{{{JM}, role="{role}"}} == 1))')
+    return Target(expr, role if bound == "estimate" else f"{role} {bound}")
+
+
+def _band_overrides() -> list[dict[str, Any]]:
+    out = []
+    for role, color in ROLE_COLORS.items():
+        out.append(color_override(role, color, **{"custom.lineWidth": 2,
+                                                  "custom.fillOpacity": 0}))
+        out.append(color_override(f"{role} upper", color, **{
+            "custom.lineWidth": 0, "custom.fillOpacity": 15,
+            "custom.fillBelowTo": f"{role} lower", "custom.hideFrom": {
+                "legend": True, "tooltip": False, "viz": False}}))
+        out.append(color_override(f"{role} lower", color, **{
+            "custom.lineWidth": 0, "custom.fillOpacity": 0, "custom.hideFrom": {
+                "legend": True, "tooltip": False, "viz": False}}))
+    return out
+
+
+def kpis() -> dict[str, Any]:
+    band_panels = [
+        timeseries(f"{title}: champion vs canary", *(
+            _role_kpi(kpi, role, bound) for role in ROLE_COLORS
+            for bound in ("estimate", "lower", "upper")),
+            unit="percentunit", min=0, max=1, overrides=_band_overrides(),
+            description=f"{desc} Lines are estimates over the KPI window; the bands are "
+                        "Wilson 95% intervals.")
+        for kpi, title, desc in KPIS
+    ]
+    kpi_names = "|".join(k for k, _, _ in KPIS)
+    model_row = Row("Model $model", [
+        *band_panels,
+        timeseries("Canary minus champion", Target(
+            f"max by (version, kpi) (driftgate_canary_kpi_difference_ratio{{{JM}}})",
+            "canary {{version}} {{kpi}}"), unit="percentunit", w=8,
+            description="Negative: the canary does worse."),
+        timeseries("Canary-vs-champion p-value", Target(
+            f"max by (version, kpi) (driftgate_canary_kpi_p_value{{{JM}}})",
+            "canary {{version}} {{kpi}}"), log_scale=True, w=8,
+            thresholds=(("red", None), ("green", P_VALUE_MAX)), threshold_style="dashed",
+            description="One-sided ('canary lower') test for catch rate and precision. "
+                        "DriftgateKpiDrop fires below 0.01 with a lower catch rate."),
+        timeseries("KPI samples (denominators)", Target(
+            f'max by (version, kpi) (driftgate_kpi_samples{{{JMV}, kpi=~"{kpi_names}"}})',
+            "{{version}} {{kpi}}"), w=8,
+            description="Labelled frauds (catch rates), alerts (precision) or predictions "
+                        "(alert rate) in the KPI window."),
+    ], repeat="model")
+    version_row = Row("By version", [
+        timeseries(f"{title} by version", Target(
+            f'max by (model, version) (driftgate_kpi_ratio{{{JMV}, kpi="{kpi}", '
+            f'bound="estimate"}})', "{{model}} {{version}}"),
+            unit="percentunit", min=0, max=1, w=6)
+        for kpi, title, _ in KPIS
+    ] + [
+        timeseries("Confusion cells / s", Target(
+            rate("driftgate_confusion_total", JMV, "model, version, cell"),
+            "{{model}} {{version}} {{cell}}"), unit="ops",
+            description="Joined predictions by cell (tp, fp, fn, tn)."),
+        timeseries("Version roles", Target(
+            f"max by (model, version, role) (driftgate_version_role{{{JMV}}})",
+            "{{model}} {{version}} {{role}}"), min=0, max=1, decimals=0,
+            description="1 while the version holds the role."),
+    ])
+    return dashboard("driftgate-kpis", "driftgate / Fraud KPIs",
+                     "Catch rate, precision, alert rate and amount-weighted catch rate "
+                     "with Wilson intervals, champion vs canary, and the canary tests.",
+                     [model_row, version_row])
+
+
+VERDICT_CODES = ((0, "ok", "green"), (1, "alert", "orange"), (2, "rollback", "red"))
+RULE_CODES = ((0, "insufficient data", "text"), (1, "ok", "green"),
+              (2, "breaching", "orange"), (3, "firing", "red"))
+
+
+def _coded(metric: str, label: str, by: str, matchers: str,
+           codes: Sequence[tuple[int, str, str]]) -> str:
+    parts = [f'({metric}{{{matchers}, {label}="{name.replace(" ", "_")}"}} == 1) * {code}'
+             for code, name, _ in codes]
+    return f"max by ({by}) (" + " or ".join(parts) + ")"
+
+
+def decisions() -> dict[str, Any]:
+    verdict = _coded("driftgate_verdict", "verdict", "model, version", JMV, VERDICT_CODES)
+    rule_state = _coded("driftgate_rule_state", "state", "rule, model, version", JMV,
+                        RULE_CODES)
+    failed = 'outcome=~"rejected|exhausted|disabled"'
+    verdict_row = Row("Verdicts", [
+        stat("Current verdict", Target(verdict, "{{model}} {{version}}"),
+             mappings=[value_mapping(VERDICT_CODES)], w=12,
+             thresholds=(("green", None), ("orange", 1), ("red", 2)),
+             description="What /v1/verdict answers (Argo Rollouts web metric, Flagger)."),
+        stat("Rollbacks in range", Target(
+            f'sum(increase(driftgate_decisions_total{{{JMV}, action="rollback"}}[$__range]))',
+            "rollbacks"), w=6, decimals=0, thresholds=(("green", None), ("red", 1))),
+        stat("Failed webhook deliveries in range", Target(
+            f"sum(increase(driftgate_webhook_deliveries_total{{{J}, {failed}}}[$__range]))",
+            "failed"), w=6, decimals=0, thresholds=(("green", None), ("red", 1))),
+        state_timeline("Verdict over time", Target(verdict, "{{model}} {{version}}"),
+                       mappings=[value_mapping(VERDICT_CODES)], w=24, h=6,
+                       thresholds=(("green", None), ("orange", 1), ("red", 2))),
+    ])
+    rules_row = Row("Policy rules", [
+        state_timeline("Rule state", Target(rule_state, "{{rule}} ({{model}} {{version}})"),
+                       mappings=[value_mapping(RULE_CODES)], w=24, h=9,
+                       thresholds=(("text", None), ("green", 1), ("orange", 2), ("red", 3)),
+                       description="insufficient data: below the rule's minimum samples; "
+                                   "breaching: over threshold, sustain not yet met."),
+        timeseries("Rule values", Target(
+            f"max by (rule, model, version) (driftgate_rule_value{{{JMV}}})",
+            "{{rule}} ({{version}})"), description="What each rule last measured."),
+        table("Rules now", Target(
+            f"max by (rule, model, version, severity, state) "
+            f"(driftgate_rule_state{{{JMV}}} == 1)", instant=True, fmt="table"),
+            transformations=[{"id": "organize", "options": {
+                "excludeByName": {"Time": True, "Value": True}}}]),
+    ])
+    decisions_row = Row("Decisions", [
+        timeseries("Decisions", Target(
+            increase("driftgate_decisions_total", JMV, "rule, model, version, action"),
+            "{{action}}: {{rule}} ({{model}} {{version}})"), draw="bars", fill=80,
+            stack=True, decimals=0),
+        timeseries("Rollback decisions (cumulative)", Target(
+            f'sum by (model, version, rule) (driftgate_decisions_total{{{JMV}, '
+            f'action="rollback"}})', "{{model}} {{version}} {{rule}}"), decimals=0),
+    ])
+    webhook_row = Row("Webhooks and audit", [
+        timeseries("Webhook attempts / s by outcome", Target(
+            rate("driftgate_webhook_attempts_total", J, "target, outcome"),
+            "{{target}} {{outcome}}"), unit="ops", w=8,
+            description="delivered, retry (another attempt follows), failed (retries "
+                        "exhausted), rejected (4xx), disabled (410)."),
+        timeseries("Finished deliveries by outcome", Target(
+            increase("driftgate_webhook_deliveries_total", J, "target, outcome"),
+            "{{target}} {{outcome}}"), draw="bars", fill=80, stack=True, decimals=0, w=8,
+            description="Final outcomes: delivered, duplicate, rejected, exhausted, "
+                        "disabled."),
+        timeseries("Audit log records", Target(
+            f"sum by (instance) (driftgate_audit_records{{{J}}})", "{{instance}}"), w=8),
+    ])
+    return dashboard("driftgate-decisions", "driftgate / Decisions",
+                     "Policy rule states, decisions and rollbacks, verdicts, webhook "
+                     "deliveries and the audit log.",
+                     [verdict_row, rules_row, decisions_row, webhook_row])
+
+
+DASHBOARDS = {
+    "driftgate-overview.json": overview,
+    "driftgate-drift.json": drift,
+    "driftgate-kpis.json": kpis,
+    "driftgate-decisions.json": decisions,
+}
+
+
+def render_all() -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    return {name: json.dumps(build(), indent=2, sort_keys=True) + "\n"
+            for name, build in DASHBOARDS.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="output folder (default: grafana/dashboards)")
+    parser.add_argument("--check", action="store_true",
+                        help="compare with the files in --out instead of writing")
+    args = parser.parse_args(argv)
+    rendered = render_all()
+    if args.check:
+        stale = [n for n, text in rendered.items()
+                 if not (args.out / n).is_file() or (args.out / n).read_text() != text]
+        extra = sorted(p.name for p in args.out.glob("*.json") if p.name not in rendered)
+        for name in stale:
+            print(f"stale: {args.out / name}", file=sys.stderr)
+        for name in extra:
+            print(f"not generated: {args.out / name}", file=sys.stderr)
+        return 1 if stale or extra else 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.items():
+        (args.out / name).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

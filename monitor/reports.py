@@ -1,0 +1,213 @@
+"""Evidently data-drift reports from bounded reservoir samples.
+
+The engine keeps, per model version, a bounded reservoir sample of raw
+feature rows for each slice of the drift window (Vitter's algorithm R within a
+slice, ``capacity // n_slices`` rows per slice), so the union over the window's
+slices is a bounded, roughly uniform sample of the current window. The
+reference profile carries a sample of the reference rows in its metadata.
+:func:`build_report` runs Evidently's ``DataDriftPreset`` on the two and
+returns the HTML report plus a JSON summary naming the drifted features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors import ReferenceProfile
+
+__all__ = ["SliceReservoir", "attach_sample", "build_report", "reference_sample_frame"]
+
+SAMPLE_KEY = "sample"
+
+
+class RowSource(Protocol):
+    """Anything indexable by row number giving that row's categorical values."""
+
+    def __getitem__(self, i: int, /) -> Sequence[object]: ...
+
+
+@dataclass
+class _Slice:
+    numeric: npt.NDArray[np.float64]
+    categorical: list[list[object]]
+    score: npt.NDArray[np.float64]
+    filled: int = 0
+    seen: int = 0
+
+
+@dataclass
+class SliceReservoir:
+    """Per-slice reservoir samples of one version's rows.
+
+    Examples
+    --------
+    >>> r = SliceReservoir(capacity=100, n_slices=4, n_numeric=1, n_categorical=0, seed=1)
+    >>> r.add(np.array([0] * 1000), np.arange(1000.0)[:, None], [[]] * 1000, np.zeros(1000))
+    >>> r.sample()[0].shape  # 100 // 4 rows kept for slice 0
+    (25, 1)
+    >>> r.expire(oldest=5)
+    >>> r.sample()[0].shape
+    (0, 1)
+    """
+
+    capacity: int
+    n_slices: int
+    n_numeric: int
+    n_categorical: int
+    seed: int = 0
+    slices: dict[int, _Slice] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1 or self.n_slices < 1:
+            raise ValueError(f"capacity and n_slices must be >= 1, got {self.capacity!r}, "
+                             f"{self.n_slices!r}")
+        self.per_slice = max(1, self.capacity // self.n_slices)
+        self._rng = np.random.default_rng(self.seed)
+
+    def add(self, slice_ids: npt.NDArray[np.int64], numeric: npt.NDArray[np.float64],
+            categorical: RowSource, score: npt.NDArray[np.float64]) -> None:
+        """Offer rows (``categorical[i]`` is row i's categorical values)."""
+        k = self.per_slice
+        for sid in np.unique(slice_ids).tolist():
+            rows = np.flatnonzero(slice_ids == sid)
+            sl = self.slices.get(sid)
+            if sl is None:
+                sl = self.slices[sid] = _Slice(
+                    np.empty((k, self.n_numeric)), [[] for _ in range(k)], np.empty(k))
+            # fill the free places first, then algorithm R for the rest
+            free = min(k - sl.filled, rows.size)
+            take, rest = rows[:free], rows[free:]
+            if free:
+                sl.numeric[sl.filled:sl.filled + free] = numeric[take]
+                sl.score[sl.filled:sl.filled + free] = score[take]
+                for j, i in enumerate(take.tolist()):
+                    sl.categorical[sl.filled + j] = list(categorical[i])
+                sl.filled += free
+            sl.seen += free
+            if rest.size:
+                positions = self._rng.integers(0, sl.seen + np.arange(1, rest.size + 1))
+                sl.seen += rest.size
+                keep = positions < k
+                for pos, i in zip(positions[keep].tolist(), rest[keep].tolist(), strict=True):
+                    sl.numeric[pos] = numeric[i]
+                    sl.score[pos] = score[i]
+                    sl.categorical[pos] = list(categorical[i])
+
+    def expire(self, oldest: int) -> None:
+        """Drop slices older than ``oldest``."""
+        for sid in [s for s in self.slices if s < oldest]:
+            del self.slices[sid]
+
+    def sample(self) -> tuple[npt.NDArray[np.float64], list[list[object]],
+                              npt.NDArray[np.float64]]:
+        """The window's sample: numeric rows, categorical rows, scores."""
+        parts = [s for _, s in sorted(self.slices.items())]
+        if not parts:
+            return (np.empty((0, self.n_numeric)), [], np.empty(0))
+        return (np.concatenate([p.numeric[:p.filled] for p in parts]),
+                [row for p in parts for row in p.categorical[:p.filled]],
+                np.concatenate([p.score[:p.filled] for p in parts]))
+
+
+def attach_sample(profile: ReferenceProfile, numeric: Mapping[str, npt.ArrayLike],
+                  categorical: Mapping[str, Sequence[object]], scores: npt.ArrayLike,
+                  size: int = 5000, seed: int = 0) -> ReferenceProfile:
+    """A copy of ``profile`` whose metadata holds a uniform sample of the rows."""
+    score_arr = np.asarray(scores, dtype=np.float64)
+    n = score_arr.size
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+    sample = {
+        "numeric": {k: [None if not np.isfinite(x) else float(x)
+                        for x in np.asarray(v, dtype=np.float64)[idx]]
+                    for k, v in numeric.items()},
+        "categorical": {k: [None if v[i] is None else str(v[i]) for i in idx.tolist()]
+                        for k, v in categorical.items()},
+        "score": score_arr[idx].tolist(),
+    }
+    return ReferenceProfile(
+        numeric=profile.numeric, categorical=profile.categorical, score=profile.score,
+        numeric_counts=profile.numeric_counts, categorical_counts=profile.categorical_counts,
+        score_counts=profile.score_counts, n_events=profile.n_events,
+        metadata={**profile.metadata, SAMPLE_KEY: sample},
+    )
+
+
+def reference_sample_frame(profile: ReferenceProfile) -> Any:
+    """The reference sample as a pandas DataFrame (ValueError if there is none)."""
+    import pandas as pd
+
+    sample = profile.metadata.get(SAMPLE_KEY)
+    if not isinstance(sample, dict):
+        raise ValueError("the reference profile has no row sample: refit it with "
+                         "`driftgate reference fit` to get Evidently reports")
+    cols: dict[str, Any] = {}
+    for k, v in sample.get("numeric", {}).items():
+        cols[k] = pd.to_numeric(pd.Series(v, dtype="float64"))
+    for k, v in sample.get("categorical", {}).items():
+        cols[k] = pd.Series(v, dtype="object")
+    cols["model_score"] = pd.Series(sample.get("score", []), dtype="float64")
+    return pd.DataFrame(cols)
+
+
+def _current_frame(reservoir: SliceReservoir, numeric_names: Sequence[str],
+                   categorical_names: Sequence[str]) -> Any:
+    import pandas as pd
+
+    num, cat, score = reservoir.sample()
+    cols: dict[str, Any] = {name: num[:, j] for j, name in enumerate(numeric_names)}
+    for j, name in enumerate(categorical_names):
+        cols[name] = pd.Series([None if row[j] is None else str(row[j]) for row in cat],
+                               dtype="object")
+    cols["model_score"] = score
+    return pd.DataFrame(cols)
+
+
+def build_report(reference: ReferenceProfile, reservoir: SliceReservoir,
+                 numeric_names: Sequence[str], categorical_names: Sequence[str],
+                 title: str) -> tuple[str, dict[str, Any]]:
+    """Run Evidently's DataDriftPreset: ``(html, summary)``.
+
+    The summary lists every column's method, value, threshold and whether it
+    drifted (distance methods drift at ``value >= threshold``, p-value methods
+    at ``value < threshold``), and ``drifted_features``.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    ref_df = reference_sample_frame(reference)
+    cur_df = _current_frame(reservoir, numeric_names, categorical_names)
+    if len(cur_df) < 30:
+        raise ValueError(f"only {len(cur_df)} sampled rows in the current window (need 30)")
+    definition = DataDefinition(numerical_columns=[*numeric_names, "model_score"],
+                                categorical_columns=list(categorical_names))
+    snapshot = Report([DataDriftPreset()]).run(
+        Dataset.from_pandas(cur_df, data_definition=definition),
+        Dataset.from_pandas(ref_df, data_definition=definition))
+    columns: dict[str, dict[str, Any]] = {}
+    for metric in snapshot.dict()["metrics"]:
+        cfg = metric.get("config", {})
+        if not str(cfg.get("type", "")).endswith("ValueDrift"):
+            continue
+        method = str(cfg.get("method", ""))
+        value = float(metric["value"])
+        threshold = float(cfg.get("threshold", 0.1))
+        p_value_method = "p_value" in method.replace("-", "_").lower()
+        drifted = value < threshold if p_value_method else value >= threshold
+        columns[str(cfg["column"])] = {"method": method, "value": value,
+                                       "threshold": threshold, "drifted": drifted}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "report.html"
+        snapshot.save_html(str(path))
+        html = path.read_text()
+    summary = {"title": title, "current_rows": len(cur_df), "reference_rows": len(ref_df),
+               "columns": columns,
+               "drifted_features": sorted(c for c, v in columns.items() if v["drifted"])}
+    return html, summary

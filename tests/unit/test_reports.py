@@ -1,0 +1,124 @@
+"""Evidently reports of the window sample against the reference sample."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from typer.testing import CliRunner
+
+from monitor.broker import free_port
+from monitor.cli import app as cli_app
+from monitor.codec import EventCodec, RawRecord
+from monitor.config import load_settings
+from monitor.decisions import DecisionLayer
+from monitor.http import build_app, decision_routes
+from monitor.reports import SliceReservoir, build_report
+from monitor.service import Service
+from monitor.sources import MemoryDeadLetterSink, ReplaySource
+from monitor.traffic import TrafficGenerator
+from tests.support import MODEL, fit_reference, write_config
+
+
+def _service(tmp_path: Path) -> Service:
+    ref = fit_reference()
+    (tmp_path / "reference.json").write_text(ref.to_json())
+    cfg = write_config(tmp_path / "c.yaml", reference={"path": str(tmp_path / "reference.json")},
+                       audit={"path": str(tmp_path / "audit.jsonl"), "fsync": False},
+                       evaluation={"report_sample_size": 3000})
+    settings = load_settings(cfg)
+    (tmp_path / "none.jsonl").write_text("")
+    service = Service(settings, ReplaySource(tmp_path / "none.jsonl", "p", "l"),
+                      MemoryDeadLetterSink(), ref)
+    gen = TrafficGenerator(seed=8, canary_share=0.3, bug_at=0.0)  # canary broken throughout
+    batch = gen.generate(12_000, 1_700_000_000.0, 100.0)
+    codec = EventCodec(settings)
+    assert service.engine is not None
+    for start in range(0, 12_000, 3000):
+        recs = [RawRecord("p", 0, i, json.dumps(p).encode())
+                for i, p in enumerate(batch.predictions[start:start + 3000], start)]
+        service.engine.process(codec.decode(recs))
+    return service
+
+
+def test_report_names_the_drifted_features_only_for_the_drifted_version(
+        tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    eng = service.engine
+    assert eng is not None
+    names = list(eng.reference.numeric.features)
+    cats = list(eng.reference.categorical.features)
+    canary = eng.versions[(MODEL, "v2")].sample
+    champion = eng.versions[(MODEL, "v1")].sample
+    assert canary is not None
+    assert champion is not None
+    html, bad = build_report(eng.reference, canary, names, cats, "canary")
+    assert "txn_velocity_1h" in bad["drifted_features"]
+    assert bad["columns"]["txn_velocity_1h"]["drifted"] is True
+    assert bad["current_rows"] <= 3000
+    assert "<html" in html.lower()
+    _, good = build_report(eng.reference, champion, names, cats, "champion")
+    assert good["drifted_features"] == []
+    assert set(good["columns"]) == {*names, *cats, "model_score"}
+
+
+def test_reservoir_is_bounded_and_uniform_within_a_slice() -> None:
+    r = SliceReservoir(capacity=1000, n_slices=1, n_numeric=1, n_categorical=0, seed=3)
+    values = np.arange(100_000.0)
+    for chunk in np.array_split(values, 37):
+        r.add(np.zeros(chunk.size, dtype=np.int64), chunk[:, None], _NoCats(), chunk)
+    num, _, score = r.sample()
+    assert num.shape == (1000, 1)
+    assert np.array_equal(num[:, 0], score)
+    # a uniform sample of 0..99,999: its mean is near 50,000 (sd of the mean ~ 913)
+    assert abs(float(num.mean()) - 50_000) < 4_000
+    assert len(set(num[:, 0].tolist())) == 1000
+
+
+class _NoCats:
+    def __getitem__(self, i: int) -> list[object]:
+        return []
+
+
+def test_report_route_and_cli(tmp_path: Path) -> None:
+    service = _service(tmp_path)
+    layer = DecisionLayer(service.settings, lambda: service.engine)
+    port = free_port()
+    started = threading.Event()
+    loop = asyncio.new_event_loop()
+    runner_box: dict[str, Any] = {}
+
+    async def serve() -> None:
+        runner = web.AppRunner(build_app(service, decision_routes(service, layer)))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner_box["r"] = runner
+        started.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(serve()),
+                                              loop.run_forever()), daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        out = tmp_path / "report.html"
+        res = CliRunner().invoke(cli_app, ["report", "--model", MODEL, "--version", "v2",
+                                           "--out", str(out),
+                                           "--url", f"http://127.0.0.1:{port}"])
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.output.strip().splitlines()[-1])
+        assert "txn_velocity_1h" in doc["drifted_features"]
+        assert "txn_velocity_1h" in out.read_text()
+        missing = CliRunner().invoke(cli_app, ["report", "--model", MODEL, "--version", "v9",
+                                               "--out", str(out),
+                                               "--url", f"http://127.0.0.1:{port}"])
+        assert missing.exit_code == 1
+        assert "no data for card-fraud v9" in missing.output
+    finally:
+        asyncio.run_coroutine_threadsafe(runner_box["r"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
