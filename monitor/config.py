@@ -229,6 +229,10 @@ class EvaluationSettings(_Strict):
     adwin_delta: float = Field(0.002, gt=0, lt=1)
     # raw rows kept per version (over the drift window) for Evidently reports
     report_sample_size: int = Field(5000, ge=0, le=1_000_000)
+    # Evidently stattest for reports, by name from its registry (psi, jensenshannon,
+    # wasserstein, ks, ...); psi is stable on heavy-tailed fraud features, where the
+    # default normed Wasserstein flags healthy samples
+    report_method: str = Field("psi", min_length=1, max_length=64)
 
 
 class HttpSettings(_Strict):

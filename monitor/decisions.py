@@ -133,6 +133,8 @@ class DecisionLayer:
             raise ValueError("webhooks.secrets (or webhooks.secrets_file) is required when a "
                              "rollback_url or alerting.url is configured: webhooks are signed")
         del wh
+        for sender in self._senders.values():
+            sender.warm_up()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.deliveries: list[DeliveryResult] = []
         self.attempts: Counter[tuple[str, str]] = Counter()
@@ -181,16 +183,6 @@ class DecisionLayer:
         self.audit.append("decision", record)
         log.warning("decision", decision_id=d.decision_id, action=d.action, rule=d.rule,
                     model=d.model, version=d.version, reason=d.reason)
-        if self._publish is not None:
-            try:
-                await self._publish(self.settings.kafka.decisions_topic,
-                                    d.model.encode(),
-                                    json.dumps(record, sort_keys=True).encode())
-            except Exception as exc:
-                log.error("decision not published", decision_id=d.decision_id,
-                          error=str(exc))
-                self.audit.append("publish", {"decision_id": d.decision_id,
-                                              "outcome": "failed", "error": str(exc)})
         if d.action == "rollback":
             earlier = [x for x in self.policy.active.get((d.model, d.version), {})
                        if x != d.decision_id]
@@ -206,6 +198,24 @@ class DecisionLayer:
         alert = self._senders.get("alertmanager")
         if alert is not None:
             self._spawn(alert, f"{d.decision_id}:firing", self._alert_body(d, None), d)
+        if self._publish is not None:
+            # off the rollback path: the webhooks above are already on their way
+            task = asyncio.create_task(self._publish_decision(d, record),
+                                       name=f"publish-{d.decision_id}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _publish_decision(self, d: Decision, record: dict[str, Any]) -> None:
+        publish = self._publish
+        if publish is None:
+            return
+        try:
+            await publish(self.settings.kafka.decisions_topic, d.model.encode(),
+                          json.dumps(record, sort_keys=True).encode())
+        except Exception as exc:
+            log.error("decision not published", decision_id=d.decision_id, error=str(exc))
+            self.audit.append("publish", {"decision_id": d.decision_id,
+                                          "outcome": "failed", "error": str(exc)})
 
     def _resolve(self, r: Resolution) -> None:
         self.audit.append("resolved", {"rule": r.rule, "model": r.model, "version": r.version,

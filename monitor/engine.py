@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from detectors.kpi import FraudKPIs
 from monitor.codec import DecodedBatch, LabelColumns, PredictionColumns
 from monitor.config import Settings
 from monitor.reports import SliceReservoir
+from monitor.state import SEP, Commit, LoggedDict
 
 __all__ = ["SCORE_FEATURE", "Engine", "Evaluation", "VersionEvaluation", "VersionState"]
 
@@ -184,10 +186,14 @@ class Engine:
         }
         self.watermark = -math.inf
         # join buffers: event_id -> (version key, slice id, decision, amount)
-        self._pending: OrderedDict[str, tuple[tuple[str, str], int, bool, float, float]] = (
-            OrderedDict())
+        self._pending: LoggedDict = LoggedDict()
         # labels that arrived before their prediction: event_id -> (label, amount, watermark)
-        self._orphans: OrderedDict[str, tuple[int, float, float]] = OrderedDict()
+        self._orphans: LoggedDict = LoggedDict()
+        # persistence: slices changed since the last commit, slices written before
+        self.touched: set[tuple[str, str, str, int]] = set()
+        self._written: dict[tuple[str, str, str], set[int]] = {}
+        # when set (by a shared state store), evaluation reads these summed states
+        self.global_view: tuple[dict[tuple[str, str], VersionState], float] | None = None
         self.labels_total = 0
         self.duplicates: Counter[str] = Counter()
         self.evictions: Counter[str] = Counter()
@@ -260,7 +266,7 @@ class Engine:
             adwin_score=BatchADWIN(delta=ev.adwin_delta),
             sample=(SliceReservoir(ev.report_sample_size, w.n_slices,
                                    len(ref.numeric.features), len(ref.categorical.features),
-                                   seed=hash((model, version)) & 0xFFFF)
+                                   seed=zlib.crc32(f"{model}/{version}".encode()))
                     if ev.report_sample_size else None),
         )
 
@@ -346,6 +352,9 @@ class Engine:
                 ):
                     win.advance(head)
                     win.add_many(u_sids, count_by_group(local, idx[ok], u_sids.size, ncols))
+                for sid in u_sids.tolist():
+                    for kind in ("numeric", "categorical", "score"):
+                        self.touched.add((model, version, kind, sid))
                 if st.sample is not None:
                     st.sample.add(sids[ok], cols.numeric[ok], _CatRows(cols, ok),
                                   cols.score[ok])
@@ -447,6 +456,10 @@ class Engine:
             np.add.at(amounts, (local[missed], _MISSED_SQ), amount[missed] ** 2)
             refused = st.kpi_counts.add_many(u_sids, counts)
             st.kpi_amounts.add_many(u_sids, amounts)
+            for sid in u_sids.tolist():
+                if sid not in refused:
+                    self.touched.add((key[0], key[1], "kpi_counts", sid))
+                    self.touched.add((key[0], key[1], "kpi_amounts", sid))
             if refused.size:
                 st.late_labels_total += int(counts[np.isin(u_sids, refused)].sum())
             st.confusion_total = st.confusion_total + ConfusionCounts(
@@ -516,7 +529,9 @@ class Engine:
         conf = self.settings.evaluation.confidence
         w = self.settings.windows
         versions: dict[tuple[str, str], VersionEvaluation] = {}
-        for key, st in self.versions.items():
+        states, watermark = (self.global_view if self.global_view is not None
+                             else (self.versions, self.watermark))
+        for key, st in states.items():
             counts = st.kpi_confusion()
             bounds = st.score.bounds
             versions[key] = VersionEvaluation(
@@ -542,8 +557,8 @@ class Engine:
             champ, canary = roles.get("champion"), roles.get("canary")
             if champ is None or canary is None:
                 continue
-            cst = self.versions.get((model, champ))
-            kst = self.versions.get((model, canary))
+            cst = states.get((model, champ))
+            kst = states.get((model, canary))
             if cst is None or kst is None:
                 continue
             div = (self._divergences(cst.numeric.total, cst.categorical.total,
@@ -552,11 +567,175 @@ class Engine:
             canaries[model] = CanaryComparison(model, champ, canary, div,
                                                _kpi_tests(cst.kpi_confusion(),
                                                           kst.kpi_confusion()))
-        ev = Evaluation(at=self.clock(), watermark=self.watermark, versions=versions,
+        ev = Evaluation(at=self.clock(), watermark=watermark, versions=versions,
                         canaries=canaries, reference_hash=ref.content_hash)
         self._evaluation = ev
         self._dirty = False
         return ev
+
+    # ------------------------------------------------------------ persistence
+    def _window(self, st: VersionState, kind: str) -> SlicedWindow:
+        win: SlicedWindow = getattr(st, kind)
+        return win
+
+    def counters(self) -> dict[str, float]:
+        """This instance's cumulative counters, flat (for a state store)."""
+        out: dict[str, float] = {}
+        for (m, v), st in self.versions.items():
+            c = st.confusion_total
+            for name, value in (
+                ("predictions_total", st.predictions_total),
+                ("labels_joined_total", st.labels_joined_total),
+                ("late_total", st.late_total), ("late_labels_total", st.late_labels_total),
+                ("tp", c.tp), ("fp", c.fp), ("fn", c.fn), ("tn", c.tn),
+                ("caught_amount", c.caught_amount), ("missed_amount", c.missed_amount),
+                ("caught_amount_sq", c.caught_amount_sq),
+                ("missed_amount_sq", c.missed_amount_sq),
+                ("adwin_error_detections", st.adwin_error_detections),
+                ("adwin_score_detections", st.adwin_score_detections),
+            ):
+                out[SEP.join((m, v, name))] = float(value)
+        g = SEP + SEP
+        out[g + "labels_total"] = float(self.labels_total)
+        if math.isfinite(self.watermark):
+            out[g + "watermark"] = self.watermark
+        for name, ctr in (("duplicates", self.duplicates), ("evictions", self.evictions),
+                          ("unmatched", self.unmatched_labels)):
+            for k, n in ctr.items():
+                out[f"{g}{name}:{k}"] = float(n)
+        for (kind, reason), n in self.invalid.items():
+            out[f"{g}invalid:{kind}:{reason}"] = float(n)
+        return out
+
+    def delta(self, instance: str) -> Commit:
+        """What changed since the last call, as a store commit (offsets not set)."""
+        commit = Commit(instance=instance)
+        for key in self.touched:
+            m, v, kind, sid = key
+            st = self.versions.get((m, v))
+            if st is None:
+                continue
+            arr = self._window(st, kind).slices().get(sid)
+            if arr is not None:
+                commit.slices[key] = arr
+                self._written.setdefault((m, v, kind), set()).add(sid)
+        self.touched = set()
+        for (m, v, kind), sids in self._written.items():
+            st = self.versions.get((m, v))
+            live = set(self._window(st, kind).slices()) if st is not None else set()
+            gone = sids - live
+            if gone:
+                commit.expired |= {(m, v, kind, s) for s in gone}
+                sids -= gone
+        commit.counters = self.counters()
+        puts, deletes = self._pending.drain()
+        commit.pending_puts = {e: SEP.join((k[0], k[1], str(sid), str(int(d)), repr(a),
+                                            repr(t)))
+                               for e, (k, sid, d, a, t) in puts.items()}
+        commit.pending_deletes = deletes
+        oputs, odeletes = self._orphans.drain()
+        commit.orphan_puts = {e: SEP.join((str(lab), repr(a), repr(t)))
+                              for e, (lab, a, t) in oputs.items()}
+        commit.orphan_deletes = odeletes
+        return commit
+
+    def forget_join_cache(self) -> None:
+        """Drop the local join entries (they live in the store)."""
+        OrderedDict.clear(self._pending)
+        OrderedDict.clear(self._orphans)
+
+    def join_keys(self, batch: DecodedBatch) -> tuple[list[str], list[str]]:
+        """Ids whose pending prediction (labels) / orphan label (predictions) to fetch."""
+        return list(batch.labels.event_id), list(batch.predictions.event_id)
+
+    def load_join(self, pending: dict[str, str], orphans: dict[str, str]) -> None:
+        """Insert join entries fetched from the store (not logged as changes)."""
+        p: dict[str, Any] = {}
+        for eid, raw in pending.items():
+            m, v, sid, d, a, t = raw.split(SEP)
+            p[eid] = ((m, v), int(sid), d == "1", float(a), float(t))
+        self._pending.load(p)
+        o: dict[str, Any] = {}
+        for eid, raw in orphans.items():
+            lab, a, t = raw.split(SEP)
+            o[eid] = (int(lab), float(a), float(t))
+        self._orphans.load(o)
+
+    def _states_from(self, slices: dict[tuple[str, str, str, int], list[bytes]],
+                     counters: dict[str, float], target: dict[tuple[str, str], VersionState],
+                     head: int | None) -> None:
+        for (m, v, kind, sid), blobs in slices.items():
+            st = target.get((m, v))
+            if st is None:
+                st = target[(m, v)] = self._new_state(m, v)
+            win = self._window(st, kind)
+            if head is not None:
+                win.advance(head)
+            total = np.zeros(win.shape, dtype=win.dtype)
+            for blob in blobs:
+                total += np.frombuffer(blob, dtype=win.dtype).reshape(win.shape)
+            win.add(sid, total)
+        for key, value in counters.items():
+            parts = key.split(SEP)
+            if len(parts) != 3 or not parts[0]:
+                continue
+            m, v, name = parts
+            st = target.get((m, v))
+            if st is None:
+                st = target[(m, v)] = self._new_state(m, v)
+            if name in ("tp", "fp", "fn", "tn", "caught_amount", "missed_amount",
+                        "caught_amount_sq", "missed_amount_sq"):
+                cur = st.confusion_total
+                kw = {f: getattr(cur, f) for f in ("tp", "fp", "fn", "tn", "caught_amount",
+                                                   "missed_amount", "caught_amount_sq",
+                                                   "missed_amount_sq")}
+                kw[name] = int(value) if name in ("tp", "fp", "fn", "tn") else value
+                st.confusion_total = ConfusionCounts(**kw)
+            elif hasattr(st, name):
+                setattr(st, name, int(value))
+
+    def restore(self, slices: dict[tuple[str, str, str, int], bytes],
+                counters: dict[str, float]) -> None:
+        """Rebuild this instance's state from what it last committed."""
+        g = SEP + SEP
+        self.watermark = counters.get(g + "watermark", -math.inf)
+        self.labels_total = int(counters.get(g + "labels_total", 0))
+        for key, value in counters.items():
+            if not key.startswith(g):
+                continue
+            name = key[len(g):]
+            group, _, rest = name.partition(":")
+            if group == "duplicates":
+                self.duplicates[rest] = int(value)
+            elif group == "evictions":
+                self.evictions[rest] = int(value)
+            elif group == "unmatched":
+                self.unmatched_labels[rest] = int(value)
+            elif group == "invalid":
+                kind, _, reason = rest.partition(":")
+                self.invalid[(kind, reason)] = int(value)
+        head = (math.floor(self.watermark / self.settings.windows.slice_seconds)
+                if math.isfinite(self.watermark) else None)
+        self._states_from({k: [b] for k, b in slices.items()}, counters, self.versions, head)
+        for (m, v, kind, sid) in slices:
+            self._written.setdefault((m, v, kind), set()).add(sid)
+        self._dirty = True
+
+    def set_global(self, slices: dict[tuple[str, str, str, int], list[bytes]],
+                   counters: dict[str, float]) -> None:
+        """Evaluate from every instance's summed slices and counters from now on."""
+        wm = counters.get(SEP + SEP + "watermark", -math.inf)
+        head = (math.floor(wm / self.settings.windows.slice_seconds)
+                if math.isfinite(wm) else None)
+        states: dict[tuple[str, str], VersionState] = {}
+        self._states_from(slices, counters, states, head)
+        for key, st in states.items():
+            local = self.versions.get(key)
+            if local is not None:  # ADWIN streams stay per instance
+                st.adwin_error, st.adwin_score = local.adwin_error, local.adwin_score
+                st.sample = local.sample
+        self.global_view = (states, wm)
+        self._dirty = True
 
     def snapshot(self) -> Evaluation:
         """The latest evaluation, recomputed if any batch arrived since."""

@@ -251,7 +251,8 @@ def decision_routes(service: Service, layer: Any) -> Callable[[web.Application],
         try:
             html, summary = await asyncio.to_thread(
                 build_report, eng.reference, st.sample, list(eng.reference.numeric.features),
-                list(eng.reference.categorical.features), f"driftgate: {model} {version}")
+                list(eng.reference.categorical.features), f"driftgate: {model} {version}",
+                service.settings.evaluation.report_method)
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=409)
         if request.query.get("format") == "json":

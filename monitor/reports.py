@@ -169,7 +169,7 @@ def _current_frame(reservoir: SliceReservoir, numeric_names: Sequence[str],
 
 def build_report(reference: ReferenceProfile, reservoir: SliceReservoir,
                  numeric_names: Sequence[str], categorical_names: Sequence[str],
-                 title: str) -> tuple[str, dict[str, Any]]:
+                 title: str, method: str = "psi") -> tuple[str, dict[str, Any]]:
     """Run Evidently's DataDriftPreset: ``(html, summary)``.
 
     The summary lists every column's method, value, threshold and whether it
@@ -188,7 +188,7 @@ def build_report(reference: ReferenceProfile, reservoir: SliceReservoir,
         raise ValueError(f"only {len(cur_df)} sampled rows in the current window (need 30)")
     definition = DataDefinition(numerical_columns=[*numeric_names, "model_score"],
                                 categorical_columns=list(categorical_names))
-    snapshot = Report([DataDriftPreset()]).run(
+    snapshot = Report([DataDriftPreset(method=method)]).run(
         Dataset.from_pandas(cur_df, data_definition=definition),
         Dataset.from_pandas(ref_df, data_definition=definition))
     columns: dict[str, dict[str, Any]] = {}
@@ -207,7 +207,8 @@ def build_report(reference: ReferenceProfile, reservoir: SliceReservoir,
         path = Path(tmp) / "report.html"
         snapshot.save_html(str(path))
         html = path.read_text()
-    summary = {"title": title, "current_rows": len(cur_df), "reference_rows": len(ref_df),
+    summary = {"title": title, "method": method, "current_rows": len(cur_df),
+               "reference_rows": len(ref_df),
                "columns": columns,
                "drifted_features": sorted(c for c, v in columns.items() if v["drifted"])}
     return html, summary

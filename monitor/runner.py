@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,10 @@ async def run_service(settings: Settings, source: Source | None = None,
             await kafka_sink.publish(topic, value, key=key)
 
     layer = DecisionLayer(settings, lambda: service.engine, publish=publish)
+    # the imported stack (river pulls in sklearn, scipy and pandas) is ~150k
+    # long-lived objects: keep them out of every full GC pass from here on
+    gc.collect()
+    gc.freeze()
     service.tick_handlers.append(layer.on_tick)
     service.extra_metrics.append(layer.metrics)
     service.decisions = layer
@@ -95,9 +100,9 @@ async def run_service(settings: Settings, source: Source | None = None,
                 build_app(service, decision_routes(service, layer)), settings.http.host,
                 settings.http.port)
             service.http_port = port
+            log.info("http listening", host=settings.http.host, port=port)
         if started is not None:
             started(service)
-            log.info("http listening", host=settings.http.host, port=port)
         await service.run(until_exhausted=until_exhausted)
     finally:
         await layer.drain(timeout=settings.webhooks.timeout_seconds * 2)

@@ -105,7 +105,7 @@ def kafka_client_options(cfg: KafkaSettings) -> dict[str, Any]:
 def _record(msg: Any) -> RawRecord:
     return RawRecord(
         topic=msg.topic, partition=msg.partition, offset=msg.offset, value=msg.value,
-        headers=list(msg.headers or ()), timestamp_ms=msg.timestamp, key=msg.key,
+        headers=msg.headers or (), timestamp_ms=msg.timestamp, key=msg.key,
     )
 
 

@@ -469,6 +469,11 @@ class WebhookSender:
             error = error[:_MAX_ERROR_CHARS] + "..."
         return status, error, retry_after, duration
 
+    def warm_up(self) -> None:
+        """Create the HTTP client now (loading the CA bundle takes ~150 ms) so the
+        first delivery, usually a rollback, does not pay for it."""
+        self._http()
+
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False, timeout=self.timeout_s)

@@ -1,0 +1,431 @@
+"""State stores: where an instance's aggregates and offsets live.
+
+Every instance writes, per batch and in **one atomic step**, the slices its
+windows changed (its own cumulative count array per model version, kind and
+slice), its cumulative counters, its label-join buffer changes and the
+partition offsets those effects cover. Because an instance only ever writes
+its own slices, and always together with the offsets, a crash followed by a
+replay from the stored offsets never counts an event twice and never skips
+one; windows for evaluation are read by summing every instance's slices.
+
+* :class:`MemoryStore` — the embedded default (one process); same contract.
+* :class:`RedisStore` — several instances in one consumer group: the atomic
+  step is a MULTI/EXEC transaction, the join buffer lives in Redis with a TTL
+  (written and read in pipelined batches), and one evaluator at a time holds a
+  lease (``SET NX PX``, renewed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "KINDS",
+    "Commit",
+    "LoggedDict",
+    "MemoryStore",
+    "RedisStore",
+    "StateStore",
+    "StoreUnavailableError",
+]
+
+#: window kinds kept per version (dtype float64 for kpi_amounts, int64 otherwise)
+KINDS = ("numeric", "categorical", "score", "kpi_counts", "kpi_amounts")
+SliceKey = tuple[str, str, str, int]  # model, version, kind, slice id
+TP = tuple[str, int]
+SEP = "\x1f"
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store could not be reached; nothing was written."""
+
+
+class LoggedDict(OrderedDict[str, Any]):
+    """An OrderedDict that records puts and deletes since the last :meth:`drain`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts: dict[str, Any] = {}
+        self.deletes: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.puts[key] = value
+        self.deletes.discard(key)
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        if self.puts.pop(key, None) is None:
+            self.deletes.add(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        if key in self:
+            value = super().pop(key)
+            self._forget(key)
+            return value
+        if default:
+            return default[0]
+        raise KeyError(key)
+
+    def popitem(self, last: bool = True) -> tuple[str, Any]:
+        key, value = super().popitem(last=last)
+        self._forget(key)
+        return key, value
+
+    def load(self, entries: Mapping[str, Any]) -> None:
+        """Insert entries read from the store, without logging them."""
+        for k, v in entries.items():
+            OrderedDict.__setitem__(self, k, v)
+
+    def drain(self) -> tuple[dict[str, Any], set[str]]:
+        """The puts and deletes since the last drain (and forget them)."""
+        puts, deletes = self.puts, self.deletes
+        self.puts, self.deletes = {}, set()
+        return puts, deletes
+
+
+@dataclass
+class Commit:
+    """One atomic write: an instance's changed state and the offsets it covers."""
+
+    instance: str
+    slices: dict[SliceKey, npt.NDArray[Any]] = field(default_factory=dict)
+    expired: set[SliceKey] = field(default_factory=set)
+    counters: dict[str, float] = field(default_factory=dict)
+    pending_puts: dict[str, str] = field(default_factory=dict)
+    pending_deletes: set[str] = field(default_factory=set)
+    orphan_puts: dict[str, str] = field(default_factory=dict)
+    orphan_deletes: set[str] = field(default_factory=set)
+    offsets: dict[TP, int] = field(default_factory=dict)
+
+
+class StateStore(Protocol):
+    """The contract both stores pass (tests/unit/test_state_contract.py)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def commit(self, c: Commit) -> None: ...
+
+    async def offsets(self, partitions: Sequence[TP]) -> dict[TP, int]: ...
+
+    async def load_instance(self, instance: str
+                            ) -> tuple[dict[SliceKey, bytes], dict[str, float]]: ...
+
+    async def read_global(self) -> tuple[dict[SliceKey, list[bytes]], dict[str, float]]: ...
+
+    async def join_get(self, pending_ids: Sequence[str], orphan_ids: Sequence[str]
+                       ) -> tuple[dict[str, str], dict[str, str]]: ...
+
+    async def acquire_lease(self, holder: str, ttl_ms: int) -> bool: ...
+
+    async def release_lease(self, holder: str) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+
+def pack(arr: npt.NDArray[Any]) -> bytes:
+    return np.ascontiguousarray(arr).tobytes()
+
+
+class MemoryStore:
+    """In-process store with the same semantics as :class:`RedisStore`.
+
+    TTLs use a monotonic clock; ``clock`` is injectable for tests.
+    """
+
+    def __init__(self, join_ttl_s: float = 3600.0, clock: Any = time.monotonic) -> None:
+        self.join_ttl_s = join_ttl_s
+        self.clock = clock
+        self._slices: dict[str, dict[SliceKey, bytes]] = {}
+        self._counters: dict[str, dict[str, float]] = {}
+        self._offsets: dict[TP, int] = {}
+        self._pending: dict[str, tuple[str, float]] = {}
+        self._orphans: dict[str, tuple[str, float]] = {}
+        self._lease: tuple[str, float] | None = None
+        self.commits = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def ping(self) -> bool:
+        return True
+
+    async def commit(self, c: Commit) -> None:
+        now = self.clock()
+        sl = self._slices.setdefault(c.instance, {})
+        for key in c.expired:
+            sl.pop(key, None)
+        for key, arr in c.slices.items():
+            sl[key] = pack(arr)
+        self._counters.setdefault(c.instance, {}).update(c.counters)
+        for eid, v in c.pending_puts.items():
+            self._pending[eid] = (v, now + self.join_ttl_s)
+        for eid in c.pending_deletes:
+            self._pending.pop(eid, None)
+        for eid, v in c.orphan_puts.items():
+            self._orphans[eid] = (v, now + self.join_ttl_s)
+        for eid in c.orphan_deletes:
+            self._orphans.pop(eid, None)
+        self._offsets.update(c.offsets)
+        self.commits += 1
+
+    async def offsets(self, partitions: Sequence[TP]) -> dict[TP, int]:
+        return {tp: self._offsets[tp] for tp in partitions if tp in self._offsets}
+
+    async def load_instance(self, instance: str
+                            ) -> tuple[dict[SliceKey, bytes], dict[str, float]]:
+        return dict(self._slices.get(instance, {})), dict(self._counters.get(instance, {}))
+
+    async def read_global(self) -> tuple[dict[SliceKey, list[bytes]], dict[str, float]]:
+        slices: dict[SliceKey, list[bytes]] = {}
+        for per in self._slices.values():
+            for key, blob in per.items():
+                slices.setdefault(key, []).append(blob)
+        return slices, _sum_counters(self._counters.values())
+
+    async def join_get(self, pending_ids: Sequence[str], orphan_ids: Sequence[str]
+                       ) -> tuple[dict[str, str], dict[str, str]]:
+        now = self.clock()
+        out_p = {e: v for e in pending_ids
+                 if (x := self._pending.get(e)) is not None and x[1] > now for v in (x[0],)}
+        out_o = {e: v for e in orphan_ids
+                 if (x := self._orphans.get(e)) is not None and x[1] > now for v in (x[0],)}
+        return out_p, out_o
+
+    async def acquire_lease(self, holder: str, ttl_ms: int) -> bool:
+        now = self.clock()
+        if self._lease is None or self._lease[1] <= now or self._lease[0] == holder:
+            self._lease = (holder, now + ttl_ms / 1000.0)
+            return True
+        return False
+
+    async def release_lease(self, holder: str) -> None:
+        if self._lease is not None and self._lease[0] == holder:
+            self._lease = None
+
+
+def _sum_counters(per_instance: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for counters in per_instance:
+        for k, v in counters.items():
+            if k.endswith(f"{SEP}watermark"):
+                out[k] = max(out.get(k, -np.inf), v)
+            else:
+                out[k] = out.get(k, 0.0) + v
+    return out
+
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisStore:
+    """Redis-backed store (redis-py asyncio).
+
+    Keys (all under ``prefix``): ``{p}instances`` (set of instance ids),
+    ``{p}s:{instance}`` (hash: slice key -> the instance's count array),
+    ``{p}c:{instance}`` (hash: counter -> value), ``{p}offsets`` (hash:
+    ``topic/partition`` -> next offset), ``{p}jp:{event_id}`` and
+    ``{p}jo:{event_id}`` (join buffer entries with a TTL), ``{p}lease``.
+    """
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "driftgate:",
+                 join_ttl_s: float = 3600.0, password: str | None = None,
+                 username: str | None = None, ssl_ca_file: str | None = None,
+                 socket_timeout_s: float = 5.0, client: Any = None) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.join_ttl_ms = int(join_ttl_s * 1000)
+        self._password = password
+        self._username = username
+        self._ssl_ca_file = ssl_ca_file
+        self._timeout = socket_timeout_s
+        self._client: Any = client
+        self.commands = 0
+        self.round_trips = 0
+        self.bytes_written = 0
+
+    async def start(self) -> None:
+        if self._client is None:
+            import redis.asyncio as aioredis
+
+            kwargs: dict[str, Any] = {"socket_timeout": self._timeout,
+                                      "socket_connect_timeout": self._timeout}
+            if self._password is not None:
+                kwargs["password"] = self._password
+            if self._username is not None:
+                kwargs["username"] = self._username
+            if self._ssl_ca_file is not None:
+                kwargs["ssl_ca_certs"] = self._ssl_ca_file
+            self._client = aioredis.from_url(self.url, **kwargs)
+        self._renew = self._client.register_script(_RENEW)
+        self._release = self._client.register_script(_RELEASE)
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def _run(self, coro: Any) -> Any:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            return await coro
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise StoreUnavailableError(f"redis unavailable: {exc}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._run(self._client.ping()))
+        except StoreUnavailableError:
+            return False
+
+    async def commit(self, c: Commit) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        n = 0
+        skey = self._k("s", c.instance)
+        pipe.sadd(self._k("instances"), c.instance)
+        n += 1
+        if c.expired:
+            pipe.hdel(skey, *[_slice_field(k) for k in c.expired])
+            n += 1
+        if c.slices:
+            mapping = {_slice_field(k): pack(a) for k, a in c.slices.items()}
+            self.bytes_written += sum(len(v) for v in mapping.values())
+            pipe.hset(skey, mapping=mapping)
+            n += 1
+        if c.counters:
+            pipe.hset(self._k("c", c.instance), mapping={k: repr(float(v))
+                                                       for k, v in c.counters.items()})
+            n += 1
+        for eid, v in c.pending_puts.items():
+            pipe.set(self._k("jp", eid), v, px=self.join_ttl_ms)
+            self.bytes_written += len(v) + len(eid)
+        for eid, v in c.orphan_puts.items():
+            pipe.set(self._k("jo", eid), v, px=self.join_ttl_ms)
+        n += len(c.pending_puts) + len(c.orphan_puts)
+        dels = [self._k("jp", e) for e in c.pending_deletes] + [
+            self._k("jo", e) for e in c.orphan_deletes]
+        if dels:
+            pipe.delete(*dels)
+            n += 1
+        if c.offsets:
+            pipe.hset(self._k("offsets"), mapping={f"{t}/{p}": str(o)
+                                                   for (t, p), o in c.offsets.items()})
+            n += 1
+        await self._run(pipe.execute())
+        self.commands += n + 2  # MULTI and EXEC
+        self.round_trips += 1
+
+    async def offsets(self, partitions: Sequence[TP]) -> dict[TP, int]:
+        if not partitions:
+            return {}
+        fields = [f"{t}/{p}" for t, p in partitions]
+        values = await self._run(self._client.hmget(self._k("offsets"), fields))
+        self.commands += 1
+        self.round_trips += 1
+        return {tp: int(v) for tp, v in zip(partitions, values, strict=True) if v is not None}
+
+    async def load_instance(self, instance: str
+                            ) -> tuple[dict[SliceKey, bytes], dict[str, float]]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(self._k("s", instance))
+        pipe.hgetall(self._k("c", instance))
+        raw_s, raw_c = await self._run(pipe.execute())
+        self.commands += 2
+        self.round_trips += 1
+        return ({_parse_slice_field(k): bytes(v) for k, v in raw_s.items()},
+                {_s(k): float(v) for k, v in raw_c.items()})
+
+    async def read_global(self) -> tuple[dict[SliceKey, list[bytes]], dict[str, float]]:
+        instances = sorted(_s(x) for x in await self._run(
+            self._client.smembers(self._k("instances"))))
+        pipe = self._client.pipeline(transaction=False)
+        for inst in instances:
+            pipe.hgetall(self._k("s", inst))
+            pipe.hgetall(self._k("c", inst))
+        raw = await self._run(pipe.execute())
+        self.commands += 1 + 2 * len(instances)
+        self.round_trips += 2
+        slices: dict[SliceKey, list[bytes]] = {}
+        counters: list[dict[str, float]] = []
+        for i in range(len(instances)):
+            for k, v in raw[2 * i].items():
+                slices.setdefault(_parse_slice_field(k), []).append(bytes(v))
+            counters.append({_s(k): float(v) for k, v in raw[2 * i + 1].items()})
+        return slices, _sum_counters(counters)
+
+    async def join_get(self, pending_ids: Sequence[str], orphan_ids: Sequence[str]
+                       ) -> tuple[dict[str, str], dict[str, str]]:
+        keys = [self._k("jp", e) for e in pending_ids] + [self._k("jo", e) for e in orphan_ids]
+        if not keys:
+            return {}, {}
+        values = await self._run(self._client.mget(keys))
+        self.commands += 1
+        self.round_trips += 1
+        n = len(pending_ids)
+        pend = {e: _s(v) for e, v in zip(pending_ids, values[:n], strict=True) if v is not None}
+        orph = {e: _s(v) for e, v in zip(orphan_ids, values[n:], strict=True) if v is not None}
+        return pend, orph
+
+    async def acquire_lease(self, holder: str, ttl_ms: int) -> bool:
+        got = await self._run(self._renew(keys=[self._k("lease")], args=[holder, ttl_ms]))
+        self.commands += 1
+        return bool(got)
+
+    async def release_lease(self, holder: str) -> None:
+        await self._run(self._release(keys=[self._k("lease")], args=[holder]))
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _slice_field(key: SliceKey) -> str:
+    m, v, kind, sid = key
+    return SEP.join((m, v, kind, str(sid)))
+
+
+def _parse_slice_field(raw: Any) -> SliceKey:
+    m, v, kind, sid = _s(raw).split(SEP)
+    return (m, v, kind, int(sid))
+
+
+async def wait_for(predicate: Any, timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll an async predicate until true (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(interval_s)
+    return False
