@@ -316,6 +316,41 @@ class AdminSettings(_Strict):
         return None
 
 
+class StateSettings(_Strict):
+    """Where aggregates, offsets and the label-join buffer live.
+
+    ``memory``: in the process (one instance). ``redis``: shared by every
+    instance of the consumer group, written atomically with the offsets.
+    """
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
+    key_prefix: str = Field("driftgate:", min_length=1, max_length=100)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls_ca_file: Path | None = None
+    instance_id: str = Field(default_factory=lambda: __import__("socket").gethostname(),
+                             min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+    lease_ttl_ms: int = Field(5000, ge=500, le=600_000)
+    socket_timeout_seconds: float = Field(5.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _files(self) -> StateSettings:
+        for name in ("password_file", "tls_ca_file"):
+            p = getattr(self, name)
+            if p is not None and not p.is_file():
+                raise ValueError(f"{name} {str(p)!r} does not exist")
+        return self
+
+    def password_value(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text().strip() or None
+        return None
+
+
 class Settings(BaseSettings):
     """The whole service configuration."""
 
@@ -341,6 +376,7 @@ class Settings(BaseSettings):
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
 
     @field_validator("models")
     @classmethod
@@ -365,6 +401,9 @@ class Settings(BaseSettings):
             if r.metric in ("psi", "kl", "js") and r.feature not in feats:
                 raise ValueError(f"rule {r.name!r}: feature {r.feature!r} is not monitored "
                                  f"(known: {sorted(feats)!r})")
+        if self.state.backend == "redis" and self.reference.path is None:
+            raise ValueError("state.backend redis needs reference.path: every instance "
+                             "must use the same frozen reference")
         if "model_score" in (*self.features.numeric, *self.features.categorical):
             raise ValueError("'model_score' is reserved for the score; rename that feature")
         return self
@@ -391,6 +430,7 @@ class Settings(BaseSettings):
     def content_hash(self) -> str:
         """SHA-256 of the effective configuration, secrets masked."""
         body = self.model_dump(mode="json")
+        body["state"].pop("instance_id", None)  # the same config on every instance
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -461,7 +501,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 
 _PATH_KEYS = {("reference", "path"), ("kafka", "ssl_cafile"), ("kafka", "ssl_certfile"),
               ("kafka", "ssl_keyfile"), ("kafka", "sasl_password_file"),
-              ("webhooks", "secrets_file"), ("audit", "path"), ("admin", "token_file")}
+              ("webhooks", "secrets_file"), ("audit", "path"), ("admin", "token_file"),
+              ("state", "password_file"), ("state", "tls_ca_file")}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

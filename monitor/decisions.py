@@ -110,8 +110,10 @@ class DecisionLayer:
     def __init__(self, settings: Settings, engine: Callable[[], Engine | None],
                  publish: Publisher | None = None,
                  clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 claim: Callable[[str, str], Awaitable[str]] | None = None) -> None:
         self.settings = settings
+        self._claim = claim
         self._engine = engine
         self._publish = publish
         self.clock = clock
@@ -186,6 +188,16 @@ class DecisionLayer:
         if d.action == "rollback":
             earlier = [x for x in self.policy.active.get((d.model, d.version), {})
                        if x != d.decision_id]
+            if not earlier and self._claim is not None:
+                # across instances and failovers: one rollback per canary version
+                try:
+                    owner = await self._claim(f"rollback:{d.model}:{d.version}",
+                                              d.decision_id)
+                except Exception as exc:  # a missed rollback is worse than a repeat
+                    log.error("rollback claim failed; sending anyway", error=str(exc))
+                    owner = d.decision_id
+                if owner != d.decision_id:
+                    earlier = [owner]
             sender = self._senders.get(f"router:{d.model}")
             if earlier:
                 # one rollback per canary: the router already has one for this version
@@ -345,7 +357,11 @@ class DecisionLayer:
         yield values
         dec = CounterMetricFamily("driftgate_decisions", "Decisions taken (rules fired).",
                                   labels=["rule", "model", "version", "action"])
-        for (rule, model, version, action), n in sorted(self.decision_counts.items()):
+        # every evaluated rule exports its counter from 0, so increase() sees the first
+        counts = {(s.rule, s.model, s.version or "", s.severity): 0
+                  for s in self.policy.states.values()}
+        counts.update(self.decision_counts)
+        for (rule, model, version, action), n in sorted(counts.items()):
             dec.add_metric([rule, model, version, action], n)
         yield dec
         att = CounterMetricFamily("driftgate_webhook_attempts", "Webhook delivery attempts "
@@ -355,7 +371,11 @@ class DecisionLayer:
         yield att
         dl = CounterMetricFamily("driftgate_webhook_deliveries", "Finished webhook deliveries "
                                  "per target and final outcome.", labels=["target", "outcome"])
-        for (target, outcome), n in sorted(self.outcomes.items()):
+        outcomes: dict[tuple[str, str], int] = {
+            (t, o): 0 for t in self._senders
+            for o in ("delivered", "rejected", "disabled", "exhausted")}
+        outcomes.update(self.outcomes)
+        for (target, outcome), n in sorted(outcomes.items()):
             dl.add_metric([target, outcome], n)
         yield dl
         verdict = GaugeMetricFamily("driftgate_verdict", "1 for the current verdict of each "

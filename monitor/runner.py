@@ -24,6 +24,7 @@ from monitor.sources import (
     ReplaySource,
     Source,
 )
+from monitor.state import RedisStore, StateStore
 
 __all__ = ["load_reference", "make_source", "run_service"]
 
@@ -39,6 +40,17 @@ def load_reference(settings: Settings) -> ReferenceProfile | None:
         return ReferenceProfile.from_json(Path(path).read_bytes())
     except (OSError, ValueError) as exc:
         raise ValueError(f"reference.path {str(path)!r}: {exc}") from exc
+
+
+def make_store(settings: Settings) -> StateStore | None:
+    """The configured shared state store (None: the engine's own memory)."""
+    st = settings.state
+    if st.backend != "redis":
+        return None
+    return RedisStore(st.redis_url, prefix=st.key_prefix, join_ttl_s=settings.join.ttl_seconds,
+                      password=st.password_value(), username=st.username,
+                      ssl_ca_file=str(st.tls_ca_file) if st.tls_ca_file else None,
+                      socket_timeout_s=st.socket_timeout_seconds)
 
 
 def make_source(settings: Settings, replay_file: Path | None = None) -> Source:
@@ -73,7 +85,11 @@ async def run_service(settings: Settings, source: Source | None = None,
             own_sink = True
     if own_sink:
         await sink.start()
-    service = Service(settings, src, sink, load_reference(settings))
+    store = make_store(settings)
+    service = Service(settings, src, sink, load_reference(settings), store=store,
+                      instance_id=settings.state.instance_id)
+    if isinstance(src, KafkaSource) and store is not None:
+        src.set_assign_hook(service.seek_offsets)
     publish = None
     if isinstance(sink, KafkaDeadLetterSink):
         kafka_sink = sink
@@ -81,7 +97,8 @@ async def run_service(settings: Settings, source: Source | None = None,
         async def publish(topic: str, key: bytes, value: bytes) -> None:
             await kafka_sink.publish(topic, value, key=key)
 
-    layer = DecisionLayer(settings, lambda: service.engine, publish=publish)
+    layer = DecisionLayer(settings, lambda: service.engine, publish=publish,
+                          claim=store.claim if store is not None else None)
     # the imported stack (river pulls in sklearn, scipy and pandas) is ~150k
     # long-lived objects: keep them out of every full GC pass from here on
     gc.collect()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -27,6 +27,7 @@ from monitor.engine import Engine, Evaluation
 from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus
 from monitor.reports import attach_sample
 from monitor.sources import DeadLetterSink, Source, SourceBatch
+from monitor.state import StateStore, StoreUnavailableError
 
 __all__ = ["Service", "TickHandler"]
 
@@ -62,8 +63,15 @@ class Service:
         reference: ReferenceProfile | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        store: StateStore | None = None,
+        instance_id: str = "local",
     ) -> None:
         self.settings = settings
+        self.store = store
+        self.instance_id = instance_id
+        self.store_ok = True
+        self.has_lease = store is None
+        self.store_failures = 0
         self.source = source
         self.dead_letters = dead_letters
         self.clock = clock
@@ -104,8 +112,8 @@ class Service:
         return self.source.status()
 
     def ready(self) -> bool:
-        """Engine built, partitions assigned, connected, and lag under the bound."""
-        if self.engine is None:
+        """Engine built, store reachable, partitions assigned, connected, lag bounded."""
+        if self.engine is None or not self.store_ok:
             return False
         st = self.source.status()
         if not st.connected or not st.assigned:
@@ -130,7 +138,9 @@ class Service:
         for _rec in batch.unknown:
             self._count_invalid("unknown", "unknown_topic")
         await self.dead_letters.flush()
-        if self.engine is None:
+        if self.engine is not None and self.store is not None:
+            await self._handle_with_store(decoded, batch)
+        elif self.engine is None:
             self._bootstrap_offsets.update(batch.next_offsets)
             self._buffer_for_reference(decoded)
             if self.engine is not None:  # the reference was just fitted
@@ -143,6 +153,55 @@ class Service:
         self.records += len(batch)
         self.metrics.batch_duration.observe(time.perf_counter() - t0)
         self.metrics.batch_events.observe(len(batch))
+
+    async def _store_call(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a store operation, retrying with backoff while the store is down.
+
+        Nothing is committed to Kafka meanwhile; /readyz reports not ready.
+        """
+        delay = 0.2
+        while True:
+            try:
+                result = await make()
+            except StoreUnavailableError as exc:
+                self.store_ok = False
+                self.store_failures += 1
+                log.warning("state store unavailable; retrying", error=str(exc),
+                            retry_in_s=delay)
+                if self.stopping.is_set():
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.store_ok = True
+            return result
+
+    async def _handle_with_store(self, decoded: DecodedBatch, batch: SourceBatch) -> None:
+        store, engine = self.store, self.engine
+        if store is None or engine is None:
+            return
+        ids = engine.join_keys(decoded)
+        pending, orphans = await self._store_call(lambda: store.join_get(*ids))
+        engine.load_join(pending, orphans)
+        engine.process(decoded)
+        commit = engine.delta(self.instance_id)
+        commit.offsets = dict(batch.next_offsets)
+        await self._store_call(lambda: store.commit(commit))
+        engine.forget_join_cache()
+        await self.source.commit(batch.next_offsets)
+
+    async def seek_offsets(self, partitions: Sequence[tuple[str, int]]
+                           ) -> dict[tuple[str, int], int] | None:
+        """Where to start assigned partitions: the offsets stored with the counts."""
+        store = self.store
+        if store is None:
+            return None
+        found: dict[tuple[str, int], int] = await self._store_call(
+            lambda: store.offsets(list(partitions)))
+        if found:
+            log.info("seeking to stored offsets", offsets={f"{t}/{p}": o
+                                                           for (t, p), o in found.items()})
+        return found
 
     def _count_invalid(self, kind: str, reason: str) -> None:
         if self.engine is not None:
@@ -197,8 +256,20 @@ class Service:
         """Evaluate now and run the tick handlers."""
         if self.engine is None:
             return None
+        if self.store is not None:
+            try:
+                self.has_lease = await self.store.acquire_lease(
+                    self.instance_id, self.settings.state.lease_ttl_ms)
+                slices, counters = await self.store.read_global()
+                self.engine.set_global(slices, counters)
+            except StoreUnavailableError as exc:
+                self.has_lease = False
+                self.store_ok = False
+                log.warning("state store unavailable at tick", error=str(exc))
         ev = self.engine.evaluate()
         self.last_evaluation = ev
+        if not self.has_lease:
+            return ev  # another instance holds the evaluator lease
         for handler in list(self.tick_handlers):
             try:
                 await handler(ev)
@@ -219,6 +290,14 @@ class Service:
         On stop the batch in hand is finished and committed before returning
         (the drain on SIGTERM).
         """
+        if self.store is not None:
+            await self.store.start()
+            if self.engine is not None:
+                slices, counters = await self._store_call(
+                    lambda: self.store.load_instance(self.instance_id)  # type: ignore[union-attr]
+                )
+                self.engine.restore(slices, counters)
+                log.info("state restored", instance=self.instance_id, slices=len(slices))
         await self.source.start()
         ticker = asyncio.create_task(self._ticker(), name="driftgate-evaluator")
         try:
@@ -233,4 +312,9 @@ class Service:
                 await ticker
             await self.tick()
             await self.source.stop()
+            if self.store is not None:
+                if self.has_lease:
+                    with contextlib.suppress(StoreUnavailableError):
+                        await self.store.release_lease(self.instance_id)
+                await self.store.stop()
             log.info("stopped", batches=self.batches, records=self.records)

@@ -143,6 +143,10 @@ class KafkaSource:
     def exhausted(self) -> bool:
         return False
 
+    def set_assign_hook(self, on_assign: OnAssign) -> None:
+        """Ask ``on_assign`` where to start newly assigned partitions."""
+        self._on_assign = on_assign
+
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
         from aiokafka.coordinator.assignors.range import RangePartitionAssignor

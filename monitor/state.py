@@ -135,6 +135,8 @@ class StateStore(Protocol):
 
     async def ping(self) -> bool: ...
 
+    async def claim(self, key: str, value: str) -> str: ...
+
 
 def pack(arr: npt.NDArray[Any]) -> bytes:
     return np.ascontiguousarray(arr).tobytes()
@@ -155,6 +157,7 @@ class MemoryStore:
         self._pending: dict[str, tuple[str, float]] = {}
         self._orphans: dict[str, tuple[str, float]] = {}
         self._lease: tuple[str, float] | None = None
+        self._claims: dict[str, str] = {}
         self.commits = 0
 
     async def start(self) -> None:
@@ -218,6 +221,10 @@ class MemoryStore:
     async def release_lease(self, holder: str) -> None:
         if self._lease is not None and self._lease[0] == holder:
             self._lease = None
+
+    async def claim(self, key: str, value: str) -> str:
+        """Set ``key`` once: returns the value that holds it (``value`` if this won)."""
+        return self._claims.setdefault(key, value)
 
 
 def _sum_counters(per_instance: Iterable[Mapping[str, float]]) -> dict[str, float]:
@@ -405,6 +412,16 @@ class RedisStore:
 
     async def release_lease(self, holder: str) -> None:
         await self._run(self._release(keys=[self._k("lease")], args=[holder]))
+
+    async def claim(self, key: str, value: str) -> str:
+        """``SET NX`` a marker (kept 30 days): the value that holds it wins."""
+        k = self._k("claim", key)
+        won = await self._run(self._client.set(k, value, nx=True, ex=30 * 86_400))
+        self.commands += 1
+        if won:
+            return value
+        held = await self._run(self._client.get(k))
+        return _s(held) if held is not None else value
 
 
 def _s(x: Any) -> str:

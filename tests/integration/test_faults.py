@@ -1,0 +1,107 @@
+"""Fault tests with real processes: broker, redis-server and driftgate.
+
+Every process is started by the test and stopped by it; all waits are bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.broker import EmbeddedBroker, free_port
+from monitor.traffic import TrafficGenerator
+from tests.integration.conftest import RedisServer, produce, wait_until
+from tests.integration.test_service_e2e import _config, _setup_topics
+from tests.support import encode, fit_reference, oracle, parse_metrics, sample
+
+pytestmark = pytest.mark.integration
+
+START = 1_700_000_000.0
+
+
+def _predictions_seen(dg: Any) -> int:
+    try:
+        m = parse_metrics(dg.metrics())
+    except Exception:
+        return -1
+    return int(sum(v for k, v in m.get("driftgate_events_total", {}).items()
+                   if ("kind", "prediction") in k))
+
+
+def test_kill9_five_times_counts_stay_exact(kafka: EmbeddedBroker, redis_server: RedisServer,
+                                            driftgate: Any, tmp_path: Path) -> None:
+    n = 50_000
+    gen = TrafficGenerator(seed=31, canary_share=0.3, bug_at=START + n / 200 / 2)
+    batch = gen.generate(n, START, 200.0)
+    preds, labels = batch.predictions, batch.labels
+    topics = asyncio.run(_setup_topics(kafka, 4))
+    keys = [p["event_id"].encode() for p in preds]
+    asyncio.run(produce(kafka.bootstrap_servers, topics["predictions_topic"],
+                        [encode(p) for p in preds], keys=keys))
+    asyncio.run(produce(kafka.bootstrap_servers, topics["labels_topic"],
+                        [encode(x) for x in labels], keys=keys))
+    port = free_port()
+    cfg = _config(tmp_path, kafka, topics, group=f"k9-{uuid.uuid4().hex[:6]}", port=port,
+                  state={"backend": "redis", "redis_url": redis_server.url,
+                         "instance_id": "dg-fault-1", "key_prefix": "k9:"})
+    # small polls so that the kills land in the middle of the stream
+    import yaml
+
+    doc = yaml.safe_load(cfg.read_text())
+    doc["kafka"]["max_poll_records"] = 300
+    cfg.write_text(yaml.safe_dump(doc))
+    rng = random.Random(7)
+    kill_points = sorted(rng.sample(range(3_000, 47_000), 5))
+    dg = driftgate(cfg, port)
+    kills = []
+    for point in kill_points:
+        wait_until(lambda p=point: _predictions_seen(dg) >= p, timeout=120, interval=0.01,
+                   what=f"{point} predictions processed")
+        kills.append(_predictions_seen(dg))
+        dg.kill()
+        dg = driftgate(cfg, port)
+    assert len(kills) == 5
+
+    def done() -> dict[str, Any] | None:
+        m = parse_metrics(dg.metrics())
+        p = sum(v for k, v in m.get("driftgate_events_total", {}).items()
+                if ("kind", "prediction") in k)
+        j = sum(v for k, v in m.get("driftgate_events_total", {}).items()
+                if ("kind", "label") in k)
+        return m if p >= n and j >= n else None
+
+    wait_until(done, timeout=180, what="the whole stream counted")
+    time.sleep(1.5)  # a tick after the last batch: the global view is fresh
+    metrics = parse_metrics(dg.metrics())
+    exp = oracle(preds, labels, fit_reference(), slice_seconds=10, window_seconds=600)
+    for (model, version), count in exp.predictions.items():
+        assert sample(metrics, "driftgate_events_total", model=model, version=version,
+                      kind="prediction") == count
+        assert sample(metrics, "driftgate_events_total", model=model, version=version,
+                      kind="label") == exp.joined[(model, version)]
+        assert sample(metrics, "driftgate_window_events", model=model,
+                      version=version) == exp.window_events[(model, version)]
+        for cell in ("tp", "fp", "fn", "tn"):
+            assert sample(metrics, "driftgate_confusion_total", model=model, version=version,
+                          cell=cell) == exp.confusion[(model, version)][cell]
+    for store, metric in ((exp.psi, "driftgate_psi"), (exp.kl, "driftgate_kl_divergence"),
+                          (exp.js, "driftgate_js_divergence")):
+        for (model, version, feature, baseline), value in store.items():
+            got = sample(metrics, metric, model=model, version=version, feature=feature,
+                         baseline=baseline)
+            assert got is not None
+            assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), (metric, feature)
+    for (model, version, kpi, bound), value in exp.kpi.items():
+        got = sample(metrics, "driftgate_kpi_ratio", model=model, version=version, kpi=kpi,
+                     bound=bound)
+        assert got is not None
+        assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), (kpi, bound)
+    assert sample(metrics, "driftgate_labels_received_total") == n
+    assert dg.terminate() == 0

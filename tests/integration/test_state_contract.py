@@ -1,0 +1,180 @@
+"""The StateStore contract: MemoryStore and RedisStore (real redis-server) alike."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from monitor.codec import EventCodec, RawRecord
+from monitor.config import load_settings
+from monitor.engine import Engine
+from monitor.state import SEP, Commit, MemoryStore, RedisStore, StateStore
+from monitor.traffic import TrafficGenerator
+from tests.integration.conftest import RedisServer
+from tests.support import MODEL, fit_reference, write_config
+
+pytestmark = pytest.mark.integration
+
+TTL = 0.6
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path
+                ) -> AsyncIterator[tuple[StateStore, Any]]:
+    if request.param == "memory":
+        clock = _Clock()
+        s: StateStore = MemoryStore(join_ttl_s=TTL, clock=clock)
+
+        async def advance(dt: float) -> None:
+            clock.t += dt
+
+        await s.start()
+        yield s, advance
+        await s.stop()
+        return
+    server = RedisServer(tmp_path / "redis").start()
+    s = RedisStore(server.url, prefix="t:", join_ttl_s=TTL)
+
+    async def sleep(dt: float) -> None:
+        await asyncio.sleep(dt)
+
+    await s.start()
+    try:
+        yield s, sleep
+    finally:
+        await s.stop()
+        server.stop()
+
+
+async def test_offsets_are_stored_with_the_commit(store: tuple[StateStore, Any]) -> None:
+    s, _ = store
+    assert await s.offsets([("p", 0)]) == {}
+    await s.commit(Commit("a", offsets={("p", 0): 10, ("l", 1): 4}))
+    await s.commit(Commit("a", offsets={("p", 0): 25}))
+    assert await s.offsets([("p", 0), ("l", 1), ("p", 9)]) == {("p", 0): 25, ("l", 1): 4}
+
+
+async def test_instance_state_round_trips_and_expires(store: tuple[StateStore, Any]) -> None:
+    s, _ = store
+    a1 = np.arange(6, dtype=np.int64).reshape(2, 3)
+    a2 = np.full(4, 0.5)
+    k1, k2 = (MODEL, "v1", "numeric", 7), (MODEL, "v1", "kpi_amounts", 7)
+    await s.commit(Commit("a", slices={k1: a1, k2: a2},
+                          counters={f"{MODEL}{SEP}v1{SEP}predictions_total": 6.0}))
+    slices, counters = await s.load_instance("a")
+    assert set(slices) == {k1, k2}
+    assert np.array_equal(np.frombuffer(slices[k1], dtype=np.int64).reshape(2, 3), a1)
+    assert np.array_equal(np.frombuffer(slices[k2], dtype=np.float64), a2)
+    assert counters == {f"{MODEL}{SEP}v1{SEP}predictions_total": 6.0}
+    await s.commit(Commit("a", slices={k1: a1 * 2}, expired={k2}))
+    slices, _ = await s.load_instance("a")
+    assert set(slices) == {k1}
+    assert np.array_equal(np.frombuffer(slices[k1], dtype=np.int64).reshape(2, 3), a1 * 2)
+    assert await s.load_instance("nobody") == ({}, {})
+
+
+async def test_global_read_sums_instances(store: tuple[StateStore, Any]) -> None:
+    s, _ = store
+    k = (MODEL, "v2", "score", 3)
+    wm = f"{SEP}{SEP}watermark"
+    n = f"{MODEL}{SEP}v2{SEP}predictions_total"
+    await s.commit(Commit("a", slices={k: np.array([1, 2], dtype=np.int64)},
+                          counters={n: 3.0, wm: 100.0}))
+    await s.commit(Commit("b", slices={k: np.array([10, 20], dtype=np.int64)},
+                          counters={n: 30.0, wm: 90.0}))
+    slices, counters = await s.read_global()
+    total = sum(np.frombuffer(b, dtype=np.int64) for b in slices[k])
+    assert total.tolist() == [11, 22]
+    assert counters[n] == 33.0
+    assert counters[wm] == 100.0
+
+
+async def test_join_buffer_puts_deletes_and_ttl(store: tuple[StateStore, Any]) -> None:
+    s, later = store
+    await s.commit(Commit("a", pending_puts={"e1": "x", "e2": "y"}, orphan_puts={"o1": "z"}))
+    assert await s.join_get(["e1", "e2", "e3"], ["o1", "o2"]) == ({"e1": "x", "e2": "y"},
+                                                                  {"o1": "z"})
+    await s.commit(Commit("a", pending_deletes={"e1"}, orphan_deletes={"o1"}))
+    assert await s.join_get(["e1", "e2"], ["o1"]) == ({"e2": "y"}, {})
+    await later(TTL + 0.4)
+    assert await s.join_get(["e2"], []) == ({}, {})
+
+
+async def test_lease_is_held_by_one_holder_until_it_lapses(
+        store: tuple[StateStore, Any]) -> None:
+    s, later = store
+    assert await s.acquire_lease("a", 500)
+    assert not await s.acquire_lease("b", 500)
+    assert await s.acquire_lease("a", 500)  # renewal
+    await later(0.7)
+    assert await s.acquire_lease("b", 500)
+    assert not await s.acquire_lease("a", 500)
+    await s.release_lease("a")  # not the holder: no effect
+    assert not await s.acquire_lease("a", 500)
+    await s.release_lease("b")
+    assert await s.acquire_lease("a", 500)
+
+
+async def test_claim_is_won_once(store: tuple[StateStore, Any]) -> None:
+    s, _ = store
+    assert await s.claim("rollback:m:v2", "dec_1") == "dec_1"
+    assert await s.claim("rollback:m:v2", "dec_2") == "dec_1"
+    assert await s.claim("rollback:m:v3", "dec_2") == "dec_2"
+
+
+async def test_engine_state_survives_a_restart_through_the_store(
+        store: tuple[StateStore, Any], tmp_path: Path) -> None:
+    s, _ = store
+    ref = fit_reference()
+    (tmp_path / "r.json").write_text(ref.to_json())
+    settings = load_settings(write_config(tmp_path / "c.yaml",
+                                          reference={"path": str(tmp_path / "r.json")}))
+    gen = TrafficGenerator(seed=5, canary_share=0.3, bug_at=1_700_000_030.0)
+    batch = gen.generate(3000, 1_700_000_000.0, 50.0)
+    codec = EventCodec(settings)
+    preds = [RawRecord("p", 0, i, json.dumps(p).encode())
+             for i, p in enumerate(batch.predictions)]
+    labels = [RawRecord("l", 0, i, json.dumps(x).encode()) for i, x in enumerate(batch.labels)]
+    first = Engine(settings, ref)
+    # process in 6 batches, committing each through the store like the service does
+    for i in range(6):
+        decoded = codec.decode(preds[i * 500:(i + 1) * 500], labels[i * 400:(i + 1) * 400])
+        first.load_join(*await s.join_get(*first.join_keys(decoded)))
+        first.process(decoded)
+        c = first.delta("inst")
+        c.offsets = {("p", 0): (i + 1) * 500}
+        await s.commit(c)
+        first.forget_join_cache()
+    second = Engine(settings, ref)
+    second.restore(*await s.load_instance("inst"))
+    for key, st in first.versions.items():
+        other = second.versions[key]
+        for kind in ("numeric", "categorical", "score", "kpi_counts"):
+            assert np.array_equal(getattr(st, kind).total, getattr(other, kind).total), kind
+        # float amount sums: equal up to summation order
+        assert np.allclose(st.kpi_amounts.total, other.kpi_amounts.total, rtol=1e-12, atol=0)
+        assert other.predictions_total == st.predictions_total
+        assert other.labels_joined_total == st.labels_joined_total
+        assert other.confusion_total == st.confusion_total
+    assert second.labels_total == first.labels_total
+    assert second.watermark == first.watermark
+    # the remaining labels join against predictions that live only in the store
+    rest = codec.decode([], labels[2400:])
+    second.load_join(*await s.join_get(*second.join_keys(rest)))
+    second.process(rest)
+    joined = sum(st.labels_joined_total for st in second.versions.values())
+    assert joined == 3000
