@@ -62,7 +62,7 @@ def test_kill9_five_times_counts_stay_exact(kafka: EmbeddedBroker, redis_server:
     dg = driftgate(cfg, port)
     kills = []
     for point in kill_points:
-        wait_until(lambda p=point: _predictions_seen(dg) >= p, timeout=120, interval=0.01,
+        wait_until(lambda p=point, d=dg: _predictions_seen(d) >= p, timeout=120, interval=0.01,
                    what=f"{point} predictions processed")
         kills.append(_predictions_seen(dg))
         dg.kill()
