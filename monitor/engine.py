@@ -694,6 +694,22 @@ class Engine:
             elif hasattr(st, name):
                 setattr(st, name, int(value))
 
+    def clear_state(self) -> None:
+        """Forget everything counted (before a re-sync from the store)."""
+        self.versions = {}
+        self.watermark = -math.inf
+        self.labels_total = 0
+        self.duplicates = Counter()
+        self.evictions = Counter()
+        self.unmatched_labels = Counter()
+        self.invalid = Counter()
+        self._pending = LoggedDict()
+        self._orphans = LoggedDict()
+        self.touched = set()
+        self._written = {}
+        self.global_view = None
+        self._dirty = True
+
     def restore(self, slices: dict[tuple[str, str, str, int], bytes],
                 counters: dict[str, float]) -> None:
         """Rebuild this instance's state from what it last committed."""

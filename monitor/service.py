@@ -27,7 +27,7 @@ from monitor.engine import Engine, Evaluation
 from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus
 from monitor.reports import attach_sample
 from monitor.sources import DeadLetterSink, Source, SourceBatch
-from monitor.state import StateStore, StoreUnavailableError
+from monitor.state import SEQ_KEY, StateStore, StoreRegressedError, StoreUnavailableError
 
 __all__ = ["Service", "TickHandler"]
 
@@ -72,6 +72,8 @@ class Service:
         self.store_ok = True
         self.has_lease = store is None
         self.store_failures = 0
+        self.resyncs = 0
+        self._seq = 0
         self.source = source
         self.dead_letters = dead_letters
         self.clock = clock
@@ -186,9 +188,36 @@ class Service:
         engine.process(decoded)
         commit = engine.delta(self.instance_id)
         commit.offsets = dict(batch.next_offsets)
-        await self._store_call(lambda: store.commit(commit))
+        commit.seq, commit.expect_seq = self._seq + 1, self._seq
+        try:
+            await self._store_call(lambda: store.commit(commit))
+        except StoreRegressedError as exc:
+            await self._resync(str(exc))
+            return
+        self._seq += 1
         engine.forget_join_cache()
         await self.source.commit(batch.next_offsets)
+
+    async def _resync(self, why: str) -> None:
+        """The store lost commits: roll back to what it holds and replay from there.
+
+        The engine is rebuilt from the instance's stored slices and counters, and
+        every assigned partition is rewound to the offsets stored with them, so the
+        lost batches are counted again, once.
+        """
+        store, engine = self.store, self.engine
+        if store is None or engine is None:
+            return
+        self.resyncs += 1
+        log.warning("state store lost commits; re-syncing from it", reason=why)
+        slices, counters = await self._store_call(lambda: store.load_instance(self.instance_id))
+        engine.clear_state()
+        engine.restore(slices, counters)
+        self._seq = int(counters.get(SEQ_KEY, 0))
+        seek_to = getattr(self.source, "seek_to", None)
+        if seek_to is not None:
+            assigned = list(self.source.status().assigned)
+            await seek_to(await self._store_call(lambda: store.offsets(assigned)))
 
     async def seek_offsets(self, partitions: Sequence[tuple[str, int]]
                            ) -> dict[tuple[str, int], int] | None:
@@ -262,6 +291,7 @@ class Service:
                     self.instance_id, self.settings.state.lease_ttl_ms)
                 slices, counters = await self.store.read_global()
                 self.engine.set_global(slices, counters)
+                self.store_ok = True
             except StoreUnavailableError as exc:
                 self.has_lease = False
                 self.store_ok = False
@@ -297,7 +327,9 @@ class Service:
                     lambda: self.store.load_instance(self.instance_id)  # type: ignore[union-attr]
                 )
                 self.engine.restore(slices, counters)
-                log.info("state restored", instance=self.instance_id, slices=len(slices))
+                self._seq = int(counters.get(SEQ_KEY, 0))
+                log.info("state restored", instance=self.instance_id, slices=len(slices),
+                         seq=self._seq)
         await self.source.start()
         ticker = asyncio.create_task(self._ticker(), name="driftgate-evaluator")
         try:

@@ -143,6 +143,22 @@ class KafkaSource:
     def exhausted(self) -> bool:
         return False
 
+    async def seek_to(self, offsets: dict[TopicPartition, int]) -> None:
+        """Rewind every assigned partition: to ``offsets`` where given, else to
+        the beginning (a re-sync after the state store lost commits)."""
+        from aiokafka import TopicPartition as KafkaTP
+
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in list(consumer.assignment()):
+            key = (tp.topic, tp.partition)
+            if key in offsets:
+                consumer.seek(tp, offsets[key])
+            else:
+                await consumer.seek_to_beginning(KafkaTP(tp.topic, tp.partition))
+            self._processed.pop(key, None)
+
     def set_assign_hook(self, on_assign: OnAssign) -> None:
         """Ask ``on_assign`` where to start newly assigned partitions."""
         self._on_assign = on_assign

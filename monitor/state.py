@@ -29,11 +29,13 @@ import numpy.typing as npt
 
 __all__ = [
     "KINDS",
+    "SEQ_KEY",
     "Commit",
     "LoggedDict",
     "MemoryStore",
     "RedisStore",
     "StateStore",
+    "StoreRegressedError",
     "StoreUnavailableError",
 ]
 
@@ -46,6 +48,21 @@ SEP = "\x1f"
 
 class StoreUnavailableError(RuntimeError):
     """The store could not be reached; nothing was written."""
+
+
+class StoreRegressedError(RuntimeError):
+    """The store's commit sequence for this instance is not the expected one
+    (it lost commits, e.g. Redis restarted from an AOF missing its last second):
+    nothing was written; the instance must re-sync from the store."""
+
+    def __init__(self, stored: int, expected: int) -> None:
+        super().__init__(f"stored commit sequence {stored}, expected {expected}")
+        self.stored = stored
+        self.expected = expected
+
+
+#: counter field holding an instance's last commit sequence number
+SEQ_KEY = SEP + SEP + "seq"
 
 
 class LoggedDict(OrderedDict[str, Any]):
@@ -108,6 +125,10 @@ class Commit:
     orphan_puts: dict[str, str] = field(default_factory=dict)
     orphan_deletes: set[str] = field(default_factory=set)
     offsets: dict[TP, int] = field(default_factory=dict)
+    #: the instance's commit sequence: the store must hold ``expect_seq`` (else
+    #: StoreRegressedError) and holds ``seq`` afterwards; None skips the check
+    seq: int | None = None
+    expect_seq: int | None = None
 
 
 class StateStore(Protocol):
@@ -171,6 +192,15 @@ class MemoryStore:
 
     async def commit(self, c: Commit) -> None:
         now = self.clock()
+        ctr = self._counters.setdefault(c.instance, {})
+        if c.expect_seq is not None:
+            stored = int(ctr.get(SEQ_KEY, 0))
+            if stored == c.seq:
+                return  # this very commit was applied already
+            if stored != c.expect_seq:
+                raise StoreRegressedError(stored, c.expect_seq)
+        if c.seq is not None:
+            ctr[SEQ_KEY] = float(c.seq)
         sl = self._slices.setdefault(c.instance, {})
         for key in c.expired:
             sl.pop(key, None)
@@ -318,7 +348,34 @@ class RedisStore:
             return False
 
     async def commit(self, c: Commit) -> None:
-        pipe = self._client.pipeline(transaction=True)
+        await self._run(self._commit(c))
+
+    async def _commit(self, c: Commit) -> None:
+        from redis.exceptions import WatchError
+
+        ckey = self._k("c", c.instance)
+        async with self._client.pipeline(transaction=True) as pipe:
+            if c.expect_seq is not None:
+                await pipe.watch(ckey)
+                raw = await pipe.hget(ckey, SEQ_KEY)
+                self.commands += 2
+                self.round_trips += 2
+                stored = int(float(raw)) if raw is not None else 0
+                if stored == c.seq:
+                    await pipe.unwatch()
+                    return  # applied already (the reply was lost)
+                if stored != c.expect_seq:
+                    await pipe.unwatch()
+                    raise StoreRegressedError(stored, c.expect_seq)
+                pipe.multi()
+            self._queue(pipe, c)
+            try:
+                await pipe.execute()
+            except WatchError as exc:  # someone else wrote this instance's counters
+                raise StoreRegressedError(-1, c.expect_seq or 0) from exc
+        self.round_trips += 1
+
+    def _queue(self, pipe: Any, c: Commit) -> None:
         n = 0
         skey = self._k("s", c.instance)
         pipe.sadd(self._k("instances"), c.instance)
@@ -331,9 +388,12 @@ class RedisStore:
             self.bytes_written += sum(len(v) for v in mapping.values())
             pipe.hset(skey, mapping=mapping)
             n += 1
-        if c.counters:
+        counters = dict(c.counters)
+        if c.seq is not None:
+            counters[SEQ_KEY] = float(c.seq)
+        if counters:
             pipe.hset(self._k("c", c.instance), mapping={k: repr(float(v))
-                                                       for k, v in c.counters.items()})
+                                                       for k, v in counters.items()})
             n += 1
         for eid, v in c.pending_puts.items():
             pipe.set(self._k("jp", eid), v, px=self.join_ttl_ms)
@@ -350,9 +410,7 @@ class RedisStore:
             pipe.hset(self._k("offsets"), mapping={f"{t}/{p}": str(o)
                                                    for (t, p), o in c.offsets.items()})
             n += 1
-        await self._run(pipe.execute())
         self.commands += n + 2  # MULTI and EXEC
-        self.round_trips += 1
 
     async def offsets(self, partitions: Sequence[TP]) -> dict[TP, int]:
         if not partitions:

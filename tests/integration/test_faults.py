@@ -105,3 +105,72 @@ def test_kill9_five_times_counts_stay_exact(kafka: EmbeddedBroker, redis_server:
         assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), (kpi, bound)
     assert sample(metrics, "driftgate_labels_received_total") == n
     assert dg.terminate() == 0
+
+
+def test_redis_killed_and_restarted_counts_stay_exact(kafka: EmbeddedBroker,
+                                                      redis_server: RedisServer,
+                                                      driftgate: Any, tmp_path: Path) -> None:
+    from tests.integration.test_service_e2e import _committed, _group_of
+
+    n = 30_000
+    gen = TrafficGenerator(seed=41, canary_share=0.3, bug_at=START + n / 200 / 2)
+    batch = gen.generate(n, START, 200.0)
+    preds, labels = batch.predictions, batch.labels
+    topics = asyncio.run(_setup_topics(kafka, 4))
+    keys = [p["event_id"].encode() for p in preds]
+    asyncio.run(produce(kafka.bootstrap_servers, topics["predictions_topic"],
+                        [encode(p) for p in preds], keys=keys))
+    asyncio.run(produce(kafka.bootstrap_servers, topics["labels_topic"],
+                        [encode(x) for x in labels], keys=keys))
+    port = free_port()
+    cfg = _config(tmp_path, kafka, topics, group=f"rk-{uuid.uuid4().hex[:6]}", port=port,
+                  state={"backend": "redis", "redis_url": redis_server.url,
+                         "instance_id": "dg-redis-crash", "key_prefix": "rk:",
+                         "socket_timeout_seconds": 1.0})
+    import yaml
+
+    doc = yaml.safe_load(cfg.read_text())
+    doc["kafka"]["max_poll_records"] = 200
+    cfg.write_text(yaml.safe_dump(doc))
+    dg = driftgate(cfg, port)
+    wait_until(lambda: _predictions_seen(dg) >= 8_000, timeout=120, interval=0.01,
+               what="8000 predictions processed")
+    redis_server.kill()
+    wait_until(lambda: dg.get("/readyz").status_code == 503, timeout=30,
+               what="/readyz not ready while redis is down")
+    tlist = [topics["predictions_topic"], topics["labels_topic"]]
+    group = _group_of(cfg)
+    before = asyncio.run(_committed(kafka.bootstrap_servers, group, tlist))
+    time.sleep(3)
+    during = asyncio.run(_committed(kafka.bootstrap_servers, group, tlist))
+    assert during == before, "a Kafka offset advanced while redis was down"
+    assert dg.get("/readyz").status_code == 503
+    redis_server.start()  # same port and directory: it reloads its AOF
+
+    def done() -> dict[str, Any] | None:
+        m = parse_metrics(dg.metrics())
+        p = sum(v for k, v in m.get("driftgate_events_total", {}).items()
+                if ("kind", "prediction") in k)
+        j = sum(v for k, v in m.get("driftgate_events_total", {}).items()
+                if ("kind", "label") in k)
+        return m if p >= n and j >= n else None
+
+    wait_until(done, timeout=180, what="the whole stream counted after redis came back")
+    time.sleep(1.5)
+    metrics = parse_metrics(dg.metrics())
+    exp = oracle(preds, labels, fit_reference(), slice_seconds=10, window_seconds=600)
+    for (model, version), count in exp.predictions.items():
+        assert sample(metrics, "driftgate_events_total", model=model, version=version,
+                      kind="prediction") == count
+        assert sample(metrics, "driftgate_events_total", model=model, version=version,
+                      kind="label") == exp.joined[(model, version)]
+        for cell in ("tp", "fp", "fn", "tn"):
+            assert sample(metrics, "driftgate_confusion_total", model=model, version=version,
+                          cell=cell) == exp.confusion[(model, version)][cell]
+    for (model, version, feature, baseline), value in exp.psi.items():
+        got = sample(metrics, "driftgate_psi", model=model, version=version, feature=feature,
+                     baseline=baseline)
+        assert got is not None
+        assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12)
+    assert dg.get("/readyz").status_code == 200
+    assert dg.terminate() == 0

@@ -178,3 +178,23 @@ async def test_engine_state_survives_a_restart_through_the_store(
     second.process(rest)
     joined = sum(st.labels_joined_total for st in second.versions.values())
     assert joined == 3000
+
+
+async def test_commit_sequence_detects_a_store_that_lost_commits(
+        store: tuple[StateStore, Any]) -> None:
+    from monitor.state import SEQ_KEY, StoreRegressedError
+
+    s, _ = store
+    await s.commit(Commit("a", counters={"x": 1.0}, seq=1, expect_seq=0))
+    await s.commit(Commit("a", counters={"x": 2.0}, seq=2, expect_seq=1))
+    # the same commit again (its reply was lost): accepted, nothing changes
+    await s.commit(Commit("a", counters={"x": 99.0}, seq=2, expect_seq=1))
+    assert (await s.load_instance("a"))[1]["x"] == 2.0
+    # the instance believes it wrote 4 commits; the store holds 2: refused
+    with pytest.raises(StoreRegressedError, match="stored commit sequence 2, expected 4"):
+        await s.commit(Commit("a", counters={"x": 5.0}, offsets={("p", 0): 50}, seq=5,
+                              expect_seq=4))
+    slices, counters = await s.load_instance("a")
+    assert counters["x"] == 2.0
+    assert counters[SEQ_KEY] == 2.0
+    assert await s.offsets([("p", 0)]) == {}
