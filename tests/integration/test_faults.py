@@ -6,7 +6,6 @@ Every process is started by the test and stopped by it; all waits are bounded.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 import uuid
@@ -18,8 +17,8 @@ import pytest
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.traffic import TrafficGenerator
 from tests.integration.conftest import RedisServer, produce, wait_until
-from tests.integration.test_service_e2e import _config, _setup_topics
-from tests.support import encode, fit_reference, oracle, parse_metrics, sample
+from tests.integration.test_service_e2e import _assert_exact, _config, _done, _setup_topics
+from tests.support import encode, parse_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -69,41 +68,9 @@ def test_kill9_five_times_counts_stay_exact(kafka: EmbeddedBroker, redis_server:
         dg = driftgate(cfg, port)
     assert len(kills) == 5
 
-    def done() -> dict[str, Any] | None:
-        m = parse_metrics(dg.metrics())
-        p = sum(v for k, v in m.get("driftgate_events_total", {}).items()
-                if ("kind", "prediction") in k)
-        j = sum(v for k, v in m.get("driftgate_events_total", {}).items()
-                if ("kind", "label") in k)
-        return m if p >= n and j >= n else None
-
-    wait_until(done, timeout=180, what="the whole stream counted")
+    wait_until(lambda: _done(dg, n, n), timeout=180, what="the whole stream counted")
     time.sleep(1.5)  # a tick after the last batch: the global view is fresh
-    metrics = parse_metrics(dg.metrics())
-    exp = oracle(preds, labels, fit_reference(), slice_seconds=10, window_seconds=600)
-    for (model, version), count in exp.predictions.items():
-        assert sample(metrics, "driftgate_events_total", model=model, version=version,
-                      kind="prediction") == count
-        assert sample(metrics, "driftgate_events_total", model=model, version=version,
-                      kind="label") == exp.joined[(model, version)]
-        assert sample(metrics, "driftgate_window_events", model=model,
-                      version=version) == exp.window_events[(model, version)]
-        for cell in ("tp", "fp", "fn", "tn"):
-            assert sample(metrics, "driftgate_confusion_total", model=model, version=version,
-                          cell=cell) == exp.confusion[(model, version)][cell]
-    for store, metric in ((exp.psi, "driftgate_psi"), (exp.kl, "driftgate_kl_divergence"),
-                          (exp.js, "driftgate_js_divergence")):
-        for (model, version, feature, baseline), value in store.items():
-            got = sample(metrics, metric, model=model, version=version, feature=feature,
-                         baseline=baseline)
-            assert got is not None
-            assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), (metric, feature)
-    for (model, version, kpi, bound), value in exp.kpi.items():
-        got = sample(metrics, "driftgate_kpi_ratio", model=model, version=version, kpi=kpi,
-                     bound=bound)
-        assert got is not None
-        assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), (kpi, bound)
-    assert sample(metrics, "driftgate_labels_received_total") == n
+    _assert_exact(parse_metrics(dg.metrics()), preds, labels)
     assert dg.terminate() == 0
 
 
@@ -147,30 +114,9 @@ def test_redis_killed_and_restarted_counts_stay_exact(kafka: EmbeddedBroker,
     assert dg.get("/readyz").status_code == 503
     redis_server.start()  # same port and directory: it reloads its AOF
 
-    def done() -> dict[str, Any] | None:
-        m = parse_metrics(dg.metrics())
-        p = sum(v for k, v in m.get("driftgate_events_total", {}).items()
-                if ("kind", "prediction") in k)
-        j = sum(v for k, v in m.get("driftgate_events_total", {}).items()
-                if ("kind", "label") in k)
-        return m if p >= n and j >= n else None
-
-    wait_until(done, timeout=180, what="the whole stream counted after redis came back")
+    wait_until(lambda: _done(dg, n, n), timeout=180,
+               what="the whole stream counted after redis came back")
     time.sleep(1.5)
-    metrics = parse_metrics(dg.metrics())
-    exp = oracle(preds, labels, fit_reference(), slice_seconds=10, window_seconds=600)
-    for (model, version), count in exp.predictions.items():
-        assert sample(metrics, "driftgate_events_total", model=model, version=version,
-                      kind="prediction") == count
-        assert sample(metrics, "driftgate_events_total", model=model, version=version,
-                      kind="label") == exp.joined[(model, version)]
-        for cell in ("tp", "fp", "fn", "tn"):
-            assert sample(metrics, "driftgate_confusion_total", model=model, version=version,
-                          cell=cell) == exp.confusion[(model, version)][cell]
-    for (model, version, feature, baseline), value in exp.psi.items():
-        got = sample(metrics, "driftgate_psi", model=model, version=version, feature=feature,
-                     baseline=baseline)
-        assert got is not None
-        assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12)
+    _assert_exact(parse_metrics(dg.metrics()), preds, labels)
     assert dg.get("/readyz").status_code == 200
     assert dg.terminate() == 0

@@ -194,7 +194,7 @@ async def test_commit_sequence_detects_a_store_that_lost_commits(
     with pytest.raises(StoreRegressedError, match="stored commit sequence 2, expected 4"):
         await s.commit(Commit("a", counters={"x": 5.0}, offsets={("p", 0): 50}, seq=5,
                               expect_seq=4))
-    slices, counters = await s.load_instance("a")
+    _, counters = await s.load_instance("a")
     assert counters["x"] == 2.0
     assert counters[SEQ_KEY] == 2.0
     assert await s.offsets([("p", 0)]) == {}
