@@ -56,6 +56,7 @@ REASONS = (
     "too_many_versions",
     "cloudevents_header",
     "unknown_topic",
+    "too_deep",
 )
 
 _CE_REQUIRED = ("ce_id", "ce_specversion", "ce_type", "ce_source")
@@ -248,6 +249,8 @@ class EventCodec:
         msg = str(exc)
         if isinstance(exc, UnicodeDecodeError):
             return "not_utf8", f"a string in the value is not UTF-8: {exc}"
+        if isinstance(exc, RecursionError):
+            return "too_deep", "the value nests too deeply"
         if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
             try:
                 (value or b"").decode("utf-8")
@@ -274,6 +277,10 @@ class EventCodec:
         if len(rec.value) > limit:
             return Rejected(rec, "too_large", f"value of {len(rec.value)} bytes exceeds the "
                             f"limit of {limit} bytes")
+        try:
+            rec.value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Rejected(rec, "not_utf8", f"value is not UTF-8: {exc}")
         return None
 
     def _cloudevent_body(self, rec: RawRecord, kind: str) -> Any:
@@ -287,7 +294,8 @@ class EventCodec:
             raise _RejectError("cloudevents_header", f"binary-mode CloudEvent lacks header(s) "
                           f"{missing!r}")
         try:
-            hv = {k: v.decode("utf-8") for k, v in headers.items() if k.startswith("ce_")}
+            hv = {k: v.decode("utf-8") for k, v in headers.items()
+                  if k.startswith("ce_") and v is not None}
         except UnicodeDecodeError as exc:
             raise _RejectError("cloudevents_header", f"a ce_* header is not UTF-8: {exc}") from exc
         if hv["ce_specversion"] != "1.0":
@@ -352,8 +360,11 @@ class EventCodec:
             if value and len(value) <= limit and (plain or not rec.headers):
                 # the common case, same checks as below without the indirection
                 try:
+                    # the whole value must be UTF-8, also in fields the decoder skips
+                    value.decode("utf-8")
                     ev = decode(value)
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                        RecursionError) as exc:
                     reason, detail = self._classify(exc, score_field, value)
                     rejected.append(Rejected(rec, reason, detail))
                     continue
@@ -373,7 +384,8 @@ class EventCodec:
             except _RejectError as rj:
                 rejected.append(Rejected(rec, rj.reason, rj.detail))
                 continue
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                    RecursionError) as exc:
                 reason, detail = self._classify(exc, score_field, rec.value)
                 rejected.append(Rejected(rec, reason, detail))
                 continue
@@ -400,12 +412,13 @@ class EventCodec:
                                   f", got {amount!r}")
         if ev.model not in self._models and not self._allow_unknown_models:
             return "unknown_model", f"{f.model} {ev.model!r} is not configured"
-        if not self._version_allowed(ev.model, ev.model_version):
-            return "too_many_versions", (f"{f.model_version} {ev.model_version!r} of model "
-                                         f"{ev.model!r} exceeds the version limit")
         decision = ev.decision
         if decision is not None and not isinstance(decision, bool) and decision not in (0, 1):
             return "wrong_type", f"{f.decision} must be a boolean or 0/1, got {decision!r}"
+        # last: a version takes one of the model's slots only with a valid event
+        if not self._version_allowed(ev.model, ev.model_version):
+            return "too_many_versions", (f"{f.model_version} {ev.model_version!r} of model "
+                                         f"{ev.model!r} exceeds the version limit")
         return None
 
     def _prediction_columns(self, structs: list[Any]) -> PredictionColumns:
@@ -460,7 +473,8 @@ class EventCodec:
             except _RejectError as rj:
                 rejected.append(Rejected(rec, rj.reason, rj.detail))
                 continue
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                    RecursionError) as exc:
                 reason, detail = self._classify(exc, "", rec.value)
                 rejected.append(Rejected(rec, reason, detail))
                 continue

@@ -30,10 +30,23 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.exceptions import SettingsError
 
 from rollback.rules import RuleSpec
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False (not an exception) for impossible paths."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+#: keys whose values are secrets: never echoed in error messages
+_SECRET_KEYS = {"secrets", "token", "password", "sasl_password"}
 
 
 class ConfigError(Exception):
@@ -77,7 +90,7 @@ class KafkaSettings(_Strict):
     @model_validator(mode="after")
     def _security(self) -> KafkaSettings:
         if (self.security_protocol in ("SSL", "SASL_SSL") and self.ssl_cafile is not None
-                and not self.ssl_cafile.is_file()):
+                and not _is_file(self.ssl_cafile)):
             raise ValueError(f"ssl_cafile {str(self.ssl_cafile)!r} does not exist")
         if self.security_protocol.startswith("SASL"):
             if self.sasl_mechanism is None:
@@ -87,7 +100,7 @@ class KafkaSettings(_Strict):
             if self.sasl_password is None and self.sasl_password_file is None:
                 raise ValueError("sasl_password or sasl_password_file is required with "
                                  f"{self.security_protocol}")
-        if self.sasl_password_file is not None and not self.sasl_password_file.is_file():
+        if self.sasl_password_file is not None and not _is_file(self.sasl_password_file):
             raise ValueError(f"sasl_password_file {str(self.sasl_password_file)!r} "
                              "does not exist")
         return self
@@ -177,7 +190,7 @@ class ReferenceSettings(_Strict):
         if self.path is None and self.fit_from_champion_events == 0:
             raise ValueError("set path (a profile from `driftgate reference fit`) or "
                              "fit_from_champion_events > 0")
-        if self.path is not None and not self.path.is_file():
+        if self.path is not None and not _is_file(self.path):
             raise ValueError(f"path {str(self.path)!r} does not exist")
         return self
 
@@ -269,7 +282,7 @@ class WebhookSettings(_Strict):
 
     @model_validator(mode="after")
     def _file(self) -> WebhookSettings:
-        if self.secrets_file is not None and not self.secrets_file.is_file():
+        if self.secrets_file is not None and not _is_file(self.secrets_file):
             raise ValueError(f"secrets_file {str(self.secrets_file)!r} does not exist")
         return self
 
@@ -304,7 +317,7 @@ class AdminSettings(_Strict):
 
     @model_validator(mode="after")
     def _file(self) -> AdminSettings:
-        if self.token_file is not None and not self.token_file.is_file():
+        if self.token_file is not None and not _is_file(self.token_file):
             raise ValueError(f"token_file {str(self.token_file)!r} does not exist")
         return self
 
@@ -339,7 +352,7 @@ class StateSettings(_Strict):
     def _files(self) -> StateSettings:
         for name in ("password_file", "tls_ca_file"):
             p = getattr(self, name)
-            if p is not None and not p.is_file():
+            if p is not None and not _is_file(p):
                 raise ValueError(f"{name} {str(p)!r} does not exist")
         return self
 
@@ -454,7 +467,8 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "<root>"
         msg = err["msg"]
-        if "input" in err and err["type"] not in ("missing",) and not isinstance(
+        secret = any(str(part) in _SECRET_KEYS for part in err["loc"])
+        if "input" in err and err["type"] not in ("missing",) and not secret and not isinstance(
             err["input"], (dict, list)
         ):
             msg = f"{msg} (got {err['input']!r})"
@@ -478,23 +492,42 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     if path is not None:
         p = Path(path)
         try:
-            text = p.read_text()
+            text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError([("<file>", f"cannot read {str(p)!r}: {exc.strerror}")]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError([("<file>", f"{str(p)!r} is not UTF-8 text: {exc}")]) from exc
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError([("<file>", f"{str(p)!r} is not valid YAML: {exc}")]) from exc
+        except RecursionError as exc:
+            raise ConfigError([("<file>", f"{str(p)!r} nests too deeply")]) from exc
+        except (ValueError, KeyError, AttributeError, IndexError, TypeError) as exc:
+            # PyYAML fails this way on scalars it cannot build (an impossible date,
+            # "!!int abc", an integer beyond Python's digit limit)
+            raise ConfigError([("<file>", f"{str(p)!r} has a value YAML cannot read: "
+                                          f"{type(exc).__name__}: {exc}")]) from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError([("<root>", f"must be a mapping, got {type(loaded).__name__}")])
+        bad_keys = [k for k in loaded if not isinstance(k, str)]
+        if bad_keys:
+            raise ConfigError([(str(k), "top-level keys must be strings (section names), got "
+                                        f"{type(k).__name__}") for k in bad_keys])
         data = _resolve_paths(loaded, p.parent)
     token = _YAML_DATA.set(data)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from exc
+    except SettingsError as exc:
+        # a DRIFTGATE_* variable that is not valid JSON for a list/section; the
+        # message names the field, never its (possibly secret) value
+        raise ConfigError([("<env>", f"{str(exc).split(' from source')[0]}; complex values "
+                                     "must be JSON, e.g. DRIFTGATE_WEBHOOKS__SECRETS="
+                                     "'[\"whsec_...\"]'")]) from exc
     finally:
         _YAML_DATA.reset(token)
 
