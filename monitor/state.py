@@ -334,12 +334,18 @@ class RedisStore:
 
     async def _run(self, coro: Any) -> Any:
         from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import ResponseError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         try:
             return await coro
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreUnavailableError(f"redis unavailable: {exc}") from exc
+        except ResponseError as exc:
+            # out of memory under noeviction: wait and retry, never crash the loop
+            if str(exc).startswith(("OOM", "LOADING", "MASTERDOWN", "READONLY")):
+                raise StoreUnavailableError(f"redis refused the write: {exc}") from exc
+            raise
 
     async def ping(self) -> bool:
         try:
