@@ -36,11 +36,12 @@ def run(config: ConfigOpt,
         source: Annotated[str | None, typer.Option(help="kafka, faust or replay")] = None
         ) -> None:
     """Run the service (SIGTERM drains, commits and exits 0)."""
+    overrides: dict[str, Any] = {"source": source} if source else {}
+    settings = _settings(config, **overrides)  # fail fast, before the heavy imports
+
     from monitor.logs import configure_logging
     from monitor.runner import run_service
 
-    overrides: dict[str, Any] = {"source": source} if source else {}
-    settings = _settings(config, **overrides)
     configure_logging(settings.log.format, settings.log.level)
     try:
         asyncio.run(run_service(settings))

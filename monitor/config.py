@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -60,18 +61,20 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no NaN or infinity anywhere: a NaN threshold would never breach, an
+    # infinite window would never slide
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class KafkaSettings(_Strict):
     """Brokers, topics, consumer group and security."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "driftgate"
-    predictions_topic: str = "predictions"
-    labels_topic: str = "labels"
-    dead_letter_topic: str = "driftgate.dead-letter"
-    decisions_topic: str = "driftgate.decisions"
+    bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    group_id: str = Field("driftgate", min_length=1)
+    predictions_topic: str = Field("predictions", min_length=1, max_length=249)
+    labels_topic: str = Field("labels", min_length=1, max_length=249)
+    dead_letter_topic: str = Field("driftgate.dead-letter", min_length=1, max_length=249)
+    decisions_topic: str = Field("driftgate.decisions", min_length=1, max_length=249)
     client_id: str = "driftgate"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     ssl_cafile: Path | None = None
@@ -89,6 +92,12 @@ class KafkaSettings(_Strict):
 
     @model_validator(mode="after")
     def _security(self) -> KafkaSettings:
+        topics = {"predictions_topic": self.predictions_topic,
+                  "labels_topic": self.labels_topic,
+                  "dead_letter_topic": self.dead_letter_topic}
+        if len(set(topics.values())) != len(topics):
+            raise ValueError(f"predictions_topic, labels_topic and dead_letter_topic must "
+                             f"differ, got {topics!r}")
         if (self.security_protocol in ("SSL", "SASL_SSL") and self.ssl_cafile is not None
                 and not _is_file(self.ssl_cafile)):
             raise ValueError(f"ssl_cafile {str(self.ssl_cafile)!r} does not exist")
@@ -129,10 +138,19 @@ class FieldMapping(_Strict):
 
     @model_validator(mode="after")
     def _distinct(self) -> FieldMapping:
-        pred = [self.event_id, self.model, self.model_version, self.ts, self.score,
-                self.decision, self.amount, self.features]
-        if len(set(pred)) != len(pred):
-            raise ValueError(f"prediction field names must be distinct, got {pred!r}")
+        names = {k: getattr(self, k) for k in ("event_id", "model", "model_version", "ts",
+                                               "score", "decision", "amount", "features")}
+        seen: dict[str, str] = {}
+        for key, value in names.items():
+            if value in seen:
+                raise ValueError(f"fields.{seen[value]} and fields.{key} are both {value!r}: "
+                                 "prediction field names must be distinct")
+            seen[value] = key
+        if self.label == self.event_id:
+            raise ValueError(f"fields.label and fields.event_id are both {self.label!r}")
+        for key in (*names, "label"):
+            if not getattr(self, key):
+                raise ValueError(f"fields.{key} must not be empty")
         return self
 
 
@@ -208,6 +226,9 @@ class WindowSettings(_Strict):
         for name in ("window_seconds", "kpi_window_seconds"):
             value = getattr(self, name)
             ratio = value / self.slice_seconds
+            if not math.isfinite(ratio) or ratio > 1_000_000:
+                raise ValueError(f"{name} / slice_seconds must be at most 1,000,000 slices, "
+                                 f"got {value} / {self.slice_seconds}")
             if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
                 raise ValueError(f"{name} ({value}) must be a whole multiple of "
                                  f"slice_seconds ({self.slice_seconds})")
