@@ -138,6 +138,7 @@ class DecisionLayer:
         for sender in self._senders.values():
             sender.warm_up()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self._rollbacks_requested: set[str] = set()
         self.deliveries: list[DeliveryResult] = []
         self.attempts: Counter[tuple[str, str]] = Counter()
         self.outcomes: Counter[tuple[str, str]] = Counter()
@@ -186,8 +187,10 @@ class DecisionLayer:
         log.warning("decision", decision_id=d.decision_id, action=d.action, rule=d.rule,
                     model=d.model, version=d.version, reason=d.reason)
         if d.action == "rollback":
+            # rollbacks already requested for this version (not merely decided: the
+            # policy activates every decision of a tick before they are acted on)
             earlier = [x for x in self.policy.active.get((d.model, d.version), {})
-                       if x != d.decision_id]
+                       if x != d.decision_id and x in self._rollbacks_requested]
             if not earlier and self._claim is not None:
                 # across instances and failovers: one rollback per canary version
                 try:
@@ -205,8 +208,10 @@ class DecisionLayer:
                     "decision_id": d.decision_id, "target": f"router:{d.model}",
                     "reason": f"rollback of {d.model} {d.version} already requested by "
                               f"{earlier[0]}"})
-            elif sender is not None:
-                self._spawn(sender, d.decision_id, self._rollback_body(d), d)
+            else:
+                self._rollbacks_requested.add(d.decision_id)
+                if sender is not None:
+                    self._spawn(sender, d.decision_id, self._rollback_body(d), d)
         alert = self._senders.get("alertmanager")
         if alert is not None:
             self._spawn(alert, f"{d.decision_id}:firing", self._alert_body(d, None), d)

@@ -103,7 +103,7 @@ class Service:
     # ---------------------------------------------------------------- helpers
     def _set_engine(self, engine: Engine) -> None:
         self.engine = engine
-        self.registry.register(EngineCollector(engine, status=self.source.status,
+        self.registry.register(EngineCollector(engine, status=self.status,
                                                extra=self._extra, ready=self.ready))
 
     def _extra(self) -> Any:
@@ -111,7 +111,9 @@ class Service:
             yield from fn()
 
     def status(self) -> SourceStatus:
-        return self.source.status()
+        st = self.source.status()
+        st.dead_lettered = self.dead_letters.sent
+        return st
 
     def ready(self) -> bool:
         """Engine built, store reachable, partitions assigned, connected, lag bounded."""

@@ -76,6 +76,9 @@ class Source(Protocol):
 class DeadLetterSink(Protocol):
     """Where rejected records go (with their reason)."""
 
+    @property
+    def sent(self) -> int: ...
+
     async def send(self, record: RawRecord, reason: str, detail: str) -> None: ...
 
     async def flush(self) -> None: ...
@@ -364,6 +367,10 @@ class MemoryDeadLetterSink:
 
     def __init__(self) -> None:
         self.records: list[tuple[RawRecord, str, str]] = []
+
+    @property
+    def sent(self) -> int:
+        return len(self.records)
 
     async def send(self, record: RawRecord, reason: str, detail: str) -> None:
         self.records.append((record, reason, detail))

@@ -170,3 +170,49 @@ def test_audit_verify_cli_detects_tampering(tmp_path: Path, tamper: str) -> None
     res = runner.invoke(cli_app, ["audit", "verify", str(path)])
     assert res.exit_code == 1
     assert f"line {bad_line}" in res.output
+
+
+async def test_two_rollback_rules_firing_in_one_tick_send_exactly_one(tmp_path: Path) -> None:
+    """Regression: both decisions of one evaluation used to suppress each other."""
+    from monitor.router_stub import RouterStub
+    from rollback.signing import new_secret
+
+    secret = new_secret()
+    router = await RouterStub(secrets=[secret],
+                              weights={MODEL: {"v1": 90, "v2": 10}}).start()
+    try:
+        ref = fit_reference()
+        (tmp_path / "reference.json").write_text(ref.to_json())
+        rules = [{"name": name, "metric": "psi", "feature": feature,
+                  "scope": "canary_vs_champion", "threshold": 0.25, "min_events": 100,
+                  "severity": "rollback"}
+                 for name, feature in (("velocity", "txn_velocity_1h"),
+                                       ("velocity-js", "txn_velocity_1h"))]
+        cfg = write_config(
+            tmp_path / "c.yaml", reference={"path": str(tmp_path / "reference.json")},
+            audit={"path": str(tmp_path / "audit.jsonl"), "fsync": False}, rules=rules,
+            models=[{"name": MODEL, "champion": "v1", "canary": "v2",
+                     "rollback_url": f"{router.url}/rollback"}],
+            webhooks={"secrets": [secret], "max_attempts": 2})
+        settings = load_settings(cfg)
+        (tmp_path / "none.jsonl").write_text("")
+        service = Service(settings, ReplaySource(tmp_path / "none.jsonl", "p", "l"),
+                          MemoryDeadLetterSink(), ref)
+        layer = DecisionLayer(settings, lambda: service.engine)
+        gen = TrafficGenerator(seed=4, canary_share=0.3, bug_at=0.0)
+        batch = gen.generate(4000, 1_700_000_000.0, 100.0)
+        recs = [RawRecord("p", 0, i, json.dumps(p).encode())
+                for i, p in enumerate(batch.predictions)]
+        assert service.engine is not None
+        service.engine.process(EventCodec(settings).decode(recs))
+        outcome = await layer.on_tick(service.engine.evaluate())
+        assert outcome is not None
+        assert sorted(d.rule for d in outcome.decisions) == ["velocity", "velocity-js"]
+        await layer.drain(10)
+        assert len(router.received) == 1
+        kinds = [json.loads(x)["kind"] for x in (tmp_path / "audit.jsonl").read_text()
+                 .splitlines()]
+        assert kinds.count("suppressed") == 1
+        await layer.aclose()
+    finally:
+        await router.stop()
