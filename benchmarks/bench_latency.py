@@ -40,9 +40,7 @@ bench`` aggregator can call :func:`run` instead.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import heapq
 import json
 import math
@@ -58,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import cli_main
 from detectors import ReferenceProfile, psi
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.codec import EventCodec, RawRecord
@@ -609,16 +608,8 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the result of :func:`run` as one JSON line on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_latency",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_TRIALS} trials instead of {FULL_TRIALS}")
-    args = parser.parse_args(argv)
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON line only
-        result = run(quick=args.quick)
-    sys.stdout.write(json.dumps(result, separators=(",", ":"), allow_nan=False) + "\n")
-    sys.stdout.flush()
-    return 0
+    return cli_main("bench_latency", run, __doc__,
+                    f"{QUICK_TRIALS} trials instead of {FULL_TRIALS}", argv)
 
 
 if __name__ == "__main__":

@@ -59,13 +59,10 @@ JSON object on one line goes to stdout, everything else to stderr.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import cProfile
 import gc
 import io
-import json
 import math
 import os
 import platform
@@ -86,6 +83,7 @@ import msgspec
 import numpy as np
 
 from benchmarks.bench_ingest import GcTimer, _finite, _short, _version, produce
+from benchmarks.common import cli_main
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import Settings, load_settings
@@ -1165,15 +1163,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the result of :func:`run` as one JSON line on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_scale",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="20,000 events for smoke runs")
-    args = parser.parse_args(argv)
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON line only
-        result = run(quick=args.quick)
-    sys.stdout.write(json.dumps(result, separators=(",", ":"), allow_nan=False) + "\n")
-    sys.stdout.flush()
-    return 0
+    return cli_main("bench_scale", run, __doc__, "20,000 events for smoke runs", argv)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,6 @@ JSON object on one line goes to stdout, everything else to stderr. A
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import math
 import os
 import platform
@@ -38,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from benchmarks.common import cli_main
 from detectors import (
     NumericBins,
     SlicedWindow,
@@ -441,15 +439,7 @@ def run(quick: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the result of :func:`run` as one JSON line on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_window",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller sizes for smoke runs")
-    args = parser.parse_args(argv)
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON line only
-        result = run(quick=args.quick)
-    sys.stdout.write(json.dumps(result, separators=(",", ":"), allow_nan=False) + "\n")
-    sys.stdout.flush()
-    return 0
+    return cli_main("bench_window", run, __doc__, "smaller sizes for smoke runs", argv)
 
 
 if __name__ == "__main__":
