@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -165,9 +166,12 @@ class ReferenceProfile:
         except TypeError as exc:  # e.g. "n_events": null, "metadata": 5
             raise ValueError(f"reference profile has a value of the wrong type: {exc}") from exc
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
-        """SHA-256 (hex) of the canonical JSON, metadata excluded."""
+        """SHA-256 (hex) of the canonical JSON, metadata excluded.
+
+        Computed once: the profile is frozen (its arrays are read-only).
+        """
         body = self.to_dict()
         body.pop("metadata")
         return hashlib.sha256(

@@ -165,14 +165,30 @@ class SlicedWindow:
         refused = [int(s) for s, c in zip(ids, stack, strict=True) if not self.add(int(s), c)]
         return np.array(sorted(refused), dtype=np.int64)
 
+    def slice_ids(self) -> set[int]:
+        """Ids of the slices the window holds (no copies)."""
+        empty = np.iinfo(np.int64).min
+        return {int(s) for s in self._ids.tolist() if s != empty}
+
+    def get(self, slice_id: int) -> npt.NDArray[Any] | None:
+        """A copy of one slice's counts, or None if the window does not hold it.
+
+        >>> w = SlicedWindow(n_slices=2, shape=(1,))
+        >>> w.add(5, np.array([3]))
+        True
+        >>> w.get(5).tolist(), w.get(4), w.slice_ids()
+        ([3], None, {5})
+        """
+        pos = int(slice_id) % self.n_slices
+        if self._ids[pos] != slice_id:
+            return None
+        out: npt.NDArray[Any] = self._ring[pos].copy()
+        return out
+
     def slices(self) -> dict[int, npt.NDArray[Any]]:
         """The non-empty slices the window holds, ``{slice_id: counts}``."""
-        out: dict[int, npt.NDArray[Any]] = {}
-        for pos in range(self.n_slices):
-            sid = int(self._ids[pos])
-            if sid != np.iinfo(np.int64).min:
-                out[sid] = self._ring[pos].copy()
-        return dict(sorted(out.items()))
+        return {sid: self._ring[sid % self.n_slices].copy()
+                for sid in sorted(self.slice_ids())}
 
     def merge(self, other: SlicedWindow) -> SlicedWindow:
         """A new window holding the slices of both (e.g. of two instances)."""

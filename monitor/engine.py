@@ -615,14 +615,14 @@ class Engine:
             st = self.versions.get((m, v))
             if st is None:
                 continue
-            arr = self._window(st, kind).slices().get(sid)
+            arr = self._window(st, kind).get(sid)
             if arr is not None:
                 commit.slices[key] = arr
                 self._written.setdefault((m, v, kind), set()).add(sid)
         self.touched = set()
         for (m, v, kind), sids in self._written.items():
             st = self.versions.get((m, v))
-            live = set(self._window(st, kind).slices()) if st is not None else set()
+            live = self._window(st, kind).slice_ids() if st is not None else set()
             gone = sids - live
             if gone:
                 commit.expired |= {(m, v, kind, s) for s in gone}
