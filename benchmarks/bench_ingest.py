@@ -42,7 +42,6 @@ import platform
 import pstats
 import resource
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -55,7 +54,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.common import cli_main
+from benchmarks.common import cli_main, json_safe, stderr_log
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker
 from monitor.config import Settings, load_settings
@@ -106,6 +105,8 @@ REPEATS = 2  # runs of (1) and (2), each with a fresh group; the best one is rep
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
+_log = stderr_log("bench_ingest")
+
 @dataclass(frozen=True)
 class Sizes:
     """Problem sizes; ``quick`` shrinks them for smoke runs."""
@@ -116,10 +117,6 @@ class Sizes:
 
 FULL = Sizes(events=200_000, profile_events=100_000)
 QUICK = Sizes(events=20_000, profile_events=20_000)
-
-
-def _log(message: str) -> None:
-    print(f"[bench_ingest] {message}", file=sys.stderr, flush=True)
 
 
 def feature_names() -> list[str]:
@@ -761,22 +758,6 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def _finite(obj: Any) -> Any:
-    """Plain JSON types; numpy scalars to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.bool_ | bool):
-        return bool(obj)
-    if isinstance(obj, np.integer | int):
-        return int(obj)
-    if isinstance(obj, np.floating | float):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
-
-
 async def _run(quick: bool) -> dict[str, Any]:
     sizes = QUICK if quick else FULL
     n = sizes.events
@@ -937,7 +918,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         "seed": SEED,
     }
     result["total_seconds"] = time.perf_counter() - started
-    out: dict[str, Any] = _finite(result)
+    out: dict[str, Any] = json_safe(result)
     return out
 
 

@@ -46,7 +46,6 @@ import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -56,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import cli_main
+from benchmarks.common import cli_main, json_safe, stderr_log
 from detectors import ReferenceProfile, psi
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.codec import EventCodec, RawRecord
@@ -95,9 +94,7 @@ RULE: dict[str, Any] = {
 }
 
 
-def _log(message: str) -> None:
-    print(f"[bench_latency] {message}", file=sys.stderr, flush=True)
-
+_log = stderr_log("bench_latency")
 
 @dataclass(frozen=True)
 class Produced:
@@ -506,17 +503,6 @@ def _stats(values: Sequence[float]) -> dict[str, float | int | None]:
             "min": float(a.min()), "mean": float(a.mean())}
 
 
-def _clean(x: Any) -> Any:
-    """JSON-safe: non-finite floats become None."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    return x
-
-
 async def _run(quick: bool) -> dict[str, Any]:
     begun = time.perf_counter()
     n_trials = QUICK_TRIALS if quick else FULL_TRIALS
@@ -594,7 +580,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "total_seconds": time.perf_counter() - begun,
     }
-    out: dict[str, Any] = _clean(result)
+    out: dict[str, Any] = json_safe(result)
     return out
 
 

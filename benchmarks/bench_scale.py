@@ -70,7 +70,6 @@ import pstats
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -82,8 +81,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from benchmarks.bench_ingest import GcTimer, _finite, _short, _version, produce
-from benchmarks.common import cli_main
+from benchmarks.bench_ingest import GcTimer, _short, _version, produce
+from benchmarks.common import cli_main, json_safe, stderr_log
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import Settings, load_settings
@@ -127,6 +126,8 @@ HARNESS_COMMANDS = frozenset({"info", "scan", "memory|usage", "strlen", "pttl", 
                               "flushall", "object|encoding"})
 
 
+_log = stderr_log("bench_scale")
+
 @dataclass(frozen=True)
 class Sizes:
     events: int
@@ -135,10 +136,6 @@ class Sizes:
 
 FULL = Sizes(events=100_000, profile_events=50_000)
 QUICK = Sizes(events=20_000, profile_events=20_000)
-
-
-def _log(message: str) -> None:
-    print(f"[bench_scale] {message}", file=sys.stderr, flush=True)
 
 
 def _rate(n: float, span_s: float) -> float:
@@ -1140,7 +1137,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         "seed": SEED,
     }
     result["total_seconds"] = time.perf_counter() - started
-    out: dict[str, Any] = _finite(result)
+    out: dict[str, Any] = json_safe(result)
     return out
 
 

@@ -20,11 +20,9 @@ JSON object on one line goes to stdout, everything else to stderr. A
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -35,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from benchmarks.common import cli_main
+from benchmarks.common import cli_main, json_safe, stderr_log
 from detectors import (
     NumericBins,
     SlicedWindow,
@@ -67,6 +65,8 @@ TARGET_EVAL_US = 1_000.0
 TARGET_RATIO = 1_000.0
 
 
+_log = stderr_log("bench_window")
+
 @dataclass(frozen=True)
 class Sizes:
     """Problem sizes; ``quick`` shrinks them for smoke runs."""
@@ -82,10 +82,6 @@ FULL = Sizes(window_events=1_000_000, reference_events=100_000, eval_repetitions
              evidently_rows=100_000, driftgate_repetitions=7)
 QUICK = Sizes(window_events=100_000, reference_events=20_000, eval_repetitions=300,
               evidently_rows=10_000, driftgate_repetitions=3)
-
-
-def _log(message: str) -> None:
-    print(f"[bench_window] {message}", file=sys.stderr, flush=True)
 
 
 def feature_names() -> list[str]:
@@ -332,22 +328,6 @@ def bench_evidently(sizes: Sizes) -> dict[str, Any]:
 # --------------------------------------------------------------------------- run
 
 
-def _finite(obj: Any) -> Any:
-    """Plain JSON types; numpy scalars to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
-
-
 def run(quick: bool = False) -> dict[str, Any]:
     """Run all three measurements and return one JSON-able dict."""
     import evidently
@@ -433,7 +413,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "seed": SEED,
     }
     result["total_seconds"] = time.perf_counter() - started
-    out: dict[str, Any] = _finite(result)
+    out: dict[str, Any] = json_safe(result)
     return out
 
 

@@ -5,9 +5,37 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+
+
+def json_safe(obj: Any) -> Any:
+    """Plain JSON types: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.bool_ | bool):
+        return bool(obj)
+    if isinstance(obj, np.integer | int):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    return obj
+
+
+def stderr_log(name: str) -> Callable[[str], None]:
+    """A progress logger writing ``[name] message`` lines to stderr."""
+
+    def log(message: str) -> None:
+        print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+    return log
 
 
 def cli_main(name: str, run: Callable[..., dict[str, Any]], doc: str | None,

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -33,9 +32,8 @@ from rich.table import Table
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import Settings, load_settings
-from monitor.reports import attach_sample
 from monitor.service import Service
-from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
+from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator, healthy_reference
 
 __all__ = ["LiveTraffic", "demo_settings", "run_demo"]
 
@@ -44,17 +42,9 @@ CHAMPION, CANARY = "v1", "v2"
 
 
 def _fit_reference(seed: int) -> ReferenceProfile:
-    gen = TrafficGenerator(seed=seed + 1000, canary_share=0.0)
-    batch = gen.generate(30_000, start_ts=time.time() - 86_400, rate_per_s=1000.0)
-    preds = batch.predictions
-    numeric = {f: np.array([p["features"][f] for p in preds]) for f in NUMERIC_FEATURES}
-    cats: dict[str, list[object]] = {
-        "merchant_category": [p["features"]["merchant_category"] for p in preds]}
-    scores = np.array([p["score"] for p in preds])
-    return attach_sample(ReferenceProfile.fit(
-        numeric, cats, scores,
-        metadata={"source": "synthetic healthy champion traffic", "seed": seed + 1000},
-    ), numeric, cats, scores)
+    return healthy_reference(seed + 1000, 30_000, time.time() - 86_400,
+                             metadata={"source": "synthetic healthy champion traffic",
+                                       "seed": seed + 1000})
 
 
 def demo_settings(bootstrap: str, workdir: Path, router_url: str, secret: str,

@@ -30,7 +30,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CATEGORIES", "NUMERIC_FEATURES", "TrafficBatch", "TrafficGenerator", "score"]
+from detectors import ReferenceProfile
+
+__all__ = ["CATEGORIES", "NUMERIC_FEATURES", "TrafficBatch", "TrafficGenerator",
+           "healthy_reference", "score"]
 
 NUMERIC_FEATURES = ("amount", "hour", "device_age_days", "distance_from_home_km",
                     "txn_velocity_1h")
@@ -183,3 +186,18 @@ class TrafficGenerator:
         if not frauds:
             return math.nan
         return sum(1 for p in frauds if p["decision"]) / len(frauds)
+
+
+def healthy_reference(seed: int, n: int, start_ts: float,
+                      metadata: dict[str, Any] | None = None) -> ReferenceProfile:
+    """A reference profile (with its row sample) fitted on healthy champion traffic."""
+    from monitor.reports import attach_sample
+
+    batch = TrafficGenerator(seed=seed, canary_share=0.0).generate(n, start_ts, 1000.0)
+    preds = batch.predictions
+    numeric = {f: np.array([p["features"][f] for p in preds]) for f in NUMERIC_FEATURES}
+    cats: dict[str, list[object]] = {
+        "merchant_category": [p["features"]["merchant_category"] for p in preds]}
+    scores = np.array([p["score"] for p in preds])
+    return attach_sample(ReferenceProfile.fit(numeric, cats, scores, metadata=metadata),
+                         numeric, cats, scores)

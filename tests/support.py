@@ -22,14 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from detectors import ReferenceProfile, js_divergence, kl_divergence, psi
 from detectors.kpi import wilson_interval
-from monitor.reports import attach_sample
-from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
+from monitor.traffic import NUMERIC_FEATURES, healthy_reference
 
 MODEL = "card-fraud"
 CATEGORICAL = ["merchant_category"]
@@ -38,14 +36,7 @@ SCORE = "model_score"
 
 def fit_reference(seed: int = 99, n: int = 20_000) -> ReferenceProfile:
     """A reference profile fitted on healthy generated champion traffic."""
-    gen = TrafficGenerator(seed=seed, canary_share=0.0)
-    batch = gen.generate(n, start_ts=1_600_000_000.0, rate_per_s=1000.0)
-    preds = batch.predictions
-    numeric = {f: np.array([p["features"][f] for p in preds]) for f in NUMERIC_FEATURES}
-    cats: dict[str, list[object]] = {
-        "merchant_category": [p["features"]["merchant_category"] for p in preds]}
-    scores = np.array([p["score"] for p in preds])
-    return attach_sample(ReferenceProfile.fit(numeric, cats, scores), numeric, cats, scores)
+    return healthy_reference(seed, n, 1_600_000_000.0)
 
 
 def write_config(path: Path, **sections: Any) -> Path:
