@@ -34,28 +34,37 @@ def _predictions_seen(dg: Any) -> int:
                    if ("kind", "prediction") in k))
 
 
+def _redis_stream(kafka: EmbeddedBroker, redis_server: RedisServer, tmp_path: Path, n: int,
+                  seed: int, name: str, max_poll_records: int, **state: Any
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str], Path,
+                             int]:
+    """Produce ``n`` predictions and their labels (the canary breaks half-way) and
+    write a Redis-state config with small polls, so faults land mid-stream."""
+    import yaml
+
+    gen = TrafficGenerator(seed=seed, canary_share=0.3, bug_at=START + n / 200 / 2)
+    batch = gen.generate(n, START, 200.0)
+    topics = asyncio.run(_setup_topics(kafka, 4))
+    keys = [p["event_id"].encode() for p in batch.predictions]
+    asyncio.run(produce(kafka.bootstrap_servers, topics["predictions_topic"],
+                        [encode(p) for p in batch.predictions], keys=keys))
+    asyncio.run(produce(kafka.bootstrap_servers, topics["labels_topic"],
+                        [encode(x) for x in batch.labels], keys=keys))
+    port = free_port()
+    cfg = _config(tmp_path, kafka, topics, group=f"{name}-{uuid.uuid4().hex[:6]}", port=port,
+                  state={"backend": "redis", "redis_url": redis_server.url,
+                         "instance_id": f"dg-{name}", "key_prefix": f"{name}:", **state})
+    doc = yaml.safe_load(cfg.read_text())
+    doc["kafka"]["max_poll_records"] = max_poll_records
+    cfg.write_text(yaml.safe_dump(doc))
+    return batch.predictions, batch.labels, topics, cfg, port
+
+
 def test_kill9_five_times_counts_stay_exact(kafka: EmbeddedBroker, redis_server: RedisServer,
                                             driftgate: Any, tmp_path: Path) -> None:
     n = 50_000
-    gen = TrafficGenerator(seed=31, canary_share=0.3, bug_at=START + n / 200 / 2)
-    batch = gen.generate(n, START, 200.0)
-    preds, labels = batch.predictions, batch.labels
-    topics = asyncio.run(_setup_topics(kafka, 4))
-    keys = [p["event_id"].encode() for p in preds]
-    asyncio.run(produce(kafka.bootstrap_servers, topics["predictions_topic"],
-                        [encode(p) for p in preds], keys=keys))
-    asyncio.run(produce(kafka.bootstrap_servers, topics["labels_topic"],
-                        [encode(x) for x in labels], keys=keys))
-    port = free_port()
-    cfg = _config(tmp_path, kafka, topics, group=f"k9-{uuid.uuid4().hex[:6]}", port=port,
-                  state={"backend": "redis", "redis_url": redis_server.url,
-                         "instance_id": "dg-fault-1", "key_prefix": "k9:"})
-    # small polls so that the kills land in the middle of the stream
-    import yaml
-
-    doc = yaml.safe_load(cfg.read_text())
-    doc["kafka"]["max_poll_records"] = 300
-    cfg.write_text(yaml.safe_dump(doc))
+    preds, labels, _, cfg, port = _redis_stream(kafka, redis_server, tmp_path, n, seed=31,
+                                                name="k9", max_poll_records=300)
     rng = random.Random(7)
     kill_points = sorted(rng.sample(range(3_000, 47_000), 5))
     dg = driftgate(cfg, port)
@@ -80,25 +89,9 @@ def test_redis_killed_and_restarted_counts_stay_exact(kafka: EmbeddedBroker,
     from tests.integration.test_service_e2e import _committed, _group_of
 
     n = 30_000
-    gen = TrafficGenerator(seed=41, canary_share=0.3, bug_at=START + n / 200 / 2)
-    batch = gen.generate(n, START, 200.0)
-    preds, labels = batch.predictions, batch.labels
-    topics = asyncio.run(_setup_topics(kafka, 4))
-    keys = [p["event_id"].encode() for p in preds]
-    asyncio.run(produce(kafka.bootstrap_servers, topics["predictions_topic"],
-                        [encode(p) for p in preds], keys=keys))
-    asyncio.run(produce(kafka.bootstrap_servers, topics["labels_topic"],
-                        [encode(x) for x in labels], keys=keys))
-    port = free_port()
-    cfg = _config(tmp_path, kafka, topics, group=f"rk-{uuid.uuid4().hex[:6]}", port=port,
-                  state={"backend": "redis", "redis_url": redis_server.url,
-                         "instance_id": "dg-redis-crash", "key_prefix": "rk:",
-                         "socket_timeout_seconds": 1.0})
-    import yaml
-
-    doc = yaml.safe_load(cfg.read_text())
-    doc["kafka"]["max_poll_records"] = 200
-    cfg.write_text(yaml.safe_dump(doc))
+    preds, labels, topics, cfg, port = _redis_stream(kafka, redis_server, tmp_path, n,
+                                                     seed=41, name="rk", max_poll_records=200,
+                                                     socket_timeout_seconds=1.0)
     dg = driftgate(cfg, port)
     wait_until(lambda: _predictions_seen(dg) >= 8_000, timeout=120, interval=0.01,
                what="8000 predictions processed")
