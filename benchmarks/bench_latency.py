@@ -41,7 +41,6 @@ bench`` aggregator can call :func:`run` instead.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import json
 import math
 import os
@@ -108,56 +107,17 @@ class Produced:
 class RecordingTraffic(LiveTraffic):
     """:class:`LiveTraffic` that records every prediction's production time.
 
-    The producer is started by :meth:`start` (before the trial's clock starts)
-    and stopped when :meth:`run` returns.
+    Call :meth:`start` before the trial's clock starts; :meth:`run` stops the
+    producer when it returns.
     """
 
     def __init__(self, bootstrap: str, settings: Settings, gen: TrafficGenerator,
                  rate: float, router: RouterStub) -> None:
         super().__init__(bootstrap, settings, gen, rate, router)
         self.produced: list[Produced] = []
-        self._pending_labels: list[tuple[float, int, bytes, bytes]] = []
-        self._producer: Any = None
 
-    async def start(self) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks=1,
-                                          enable_idempotence=False, linger_ms=10)
-        await self._producer.start()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        if self._producer is None:
-            await self.start()
-        producer = self._producer
-        k = self.settings.kafka
-        step = 0.1
-        n = 0
-        try:
-            next_t = time.time()
-            while not stop.is_set():
-                now = time.time()
-                share = self.router.canary_share(MODEL, CANARY)
-                batch = self.gen.generate(max(int(self.rate * step), 1), start_ts=now,
-                                          rate_per_s=self.rate, canary_share=share)
-                for p, lab in zip(batch.predictions, batch.labels, strict=True):
-                    key = p["event_id"].encode()
-                    value = json.dumps(p).encode()
-                    self.produced.append(Produced(time.time(), value, p["model_version"]))
-                    await producer.send(k.predictions_topic, value, key=key)
-                    n += 1
-                    heapq.heappush(self._pending_labels,
-                                   (lab["ts"], n, key, json.dumps(lab).encode()))
-                    self.sent += 1
-                    self.sent_canary += p["model_version"] == CANARY
-                while self._pending_labels and self._pending_labels[0][0] <= now:
-                    _, _, key, lvalue = heapq.heappop(self._pending_labels)
-                    await producer.send(k.labels_topic, lvalue, key=key)
-                next_t += step
-                await asyncio.sleep(max(0.0, next_t - time.time()))
-        finally:
-            self._producer = None
-            await producer.stop()
+    def on_prediction(self, at: float, value: bytes, event: dict[str, Any]) -> None:
+        self.produced.append(Produced(at, value, event["model_version"]))
 
 
 # --------------------------------------------------------------------------- offline replay

@@ -108,13 +108,24 @@ class LiveTraffic:
         self.sent_canary = 0
         self._labels: list[tuple[float, int, bytes, bytes]] = []
         self._n = 0
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        """Connect the producer now (else :meth:`run` does); :meth:`run` stops it."""
+        if self._producer is None:
+            from aiokafka import AIOKafkaProducer
+
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks=1,
+                                        enable_idempotence=False, linger_ms=10)
+            await producer.start()
+            self._producer = producer
+
+    def on_prediction(self, at: float, value: bytes, event: dict[str, Any]) -> None:
+        """Called for every prediction just before it is sent (a hook)."""
 
     async def run(self, stop: asyncio.Event) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks=1,
-                                    enable_idempotence=False, linger_ms=10)
-        await producer.start()
+        await self.start()
+        producer = self._producer
         k = self.settings.kafka
         step = 0.1
         try:
@@ -126,7 +137,9 @@ class LiveTraffic:
                                           rate_per_s=self.rate, canary_share=share)
                 for p, lab in zip(batch.predictions, batch.labels, strict=True):
                     key = p["event_id"].encode()
-                    await producer.send(k.predictions_topic, json.dumps(p).encode(), key=key)
+                    value = json.dumps(p).encode()
+                    self.on_prediction(time.time(), value, p)
+                    await producer.send(k.predictions_topic, value, key=key)
                     self._n += 1
                     heapq.heappush(self._labels, (lab["ts"], self._n, key,
                                                   json.dumps(lab).encode()))
@@ -138,6 +151,7 @@ class LiveTraffic:
                 next_t += step
                 await asyncio.sleep(max(0.0, next_t - time.time()))
         finally:
+            self._producer = None
             await producer.stop()
 
 
