@@ -67,9 +67,7 @@ import math
 import os
 import platform
 import pstats
-import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -84,9 +82,10 @@ import numpy as np
 from benchmarks.bench_ingest import GcTimer, _short, _version, produce
 from benchmarks.common import cli_main, json_safe, stderr_log
 from detectors import ReferenceProfile
-from monitor.broker import EmbeddedBroker, free_port
+from monitor.broker import EmbeddedBroker
 from monitor.config import Settings, load_settings
 from monitor.engine import Evaluation
+from monitor.local_redis import LocalRedis
 from monitor.reports import attach_sample
 from monitor.runner import make_store
 from monitor.service import Service
@@ -192,54 +191,7 @@ def fit_reference() -> ReferenceProfile:
 # --------------------------------------------------------------------------- redis
 
 
-class RedisServer:
-    """A real redis-server on a free loopback port: AOF, ``appendfsync everysec``.
 
-    The same flags as ``tests.integration.conftest.RedisServer`` (not imported:
-    that module needs pytest).
-    """
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        import redis
-
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed (make system-deps installs it)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.workdir),
-             "--protected-mode", "yes", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    client.close()
-                    return self
-            except redis.RedisError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not answer PING")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def redis_snapshot(r: Any) -> dict[str, Any]:
@@ -673,7 +625,7 @@ class Ctx:
     reference: ReferenceProfile
     pred_end: dict[int, int]
     n: int
-    redis: RedisServer | None = None
+    redis: LocalRedis | None = None
     client: Any = None  # a sync redis client of the harness
 
 
@@ -974,7 +926,7 @@ async def _run(quick: bool) -> dict[str, Any]:
         ref_path = Path(tmp) / "reference.json"
         ref_path.write_text(reference.to_json())
         broker = EmbeddedBroker(log_path=Path(tmp) / "tansu.log")
-        redis_server = RedisServer(Path(tmp) / "redis")
+        redis_server = LocalRedis(Path(tmp) / "redis")
         await asyncio.to_thread(broker.start)
         try:
             await asyncio.to_thread(redis_server.start)

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from monitor.broker import EmbeddedBroker, free_port
+from monitor.local_redis import LocalRedis
 from monitor.traffic import TrafficGenerator
-from tests.integration.conftest import RedisServer, produce, wait_until
+from tests.integration.conftest import produce, wait_until
 from tests.integration.test_service_e2e import _assert_exact, _config, _done, _setup_topics
 from tests.support import encode, parse_metrics
 
@@ -34,7 +35,7 @@ def _predictions_seen(dg: Any) -> int:
                    if ("kind", "prediction") in k))
 
 
-def _redis_stream(kafka: EmbeddedBroker, redis_server: RedisServer, tmp_path: Path, n: int,
+def _redis_stream(kafka: EmbeddedBroker, redis_server: LocalRedis, tmp_path: Path, n: int,
                   seed: int, name: str, max_poll_records: int, **state: Any
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str], Path,
                              int]:
@@ -60,7 +61,7 @@ def _redis_stream(kafka: EmbeddedBroker, redis_server: RedisServer, tmp_path: Pa
     return batch.predictions, batch.labels, topics, cfg, port
 
 
-def test_kill9_five_times_counts_stay_exact(kafka: EmbeddedBroker, redis_server: RedisServer,
+def test_kill9_five_times_counts_stay_exact(kafka: EmbeddedBroker, redis_server: LocalRedis,
                                             driftgate: Any, tmp_path: Path) -> None:
     n = 50_000
     preds, labels, _, cfg, port = _redis_stream(kafka, redis_server, tmp_path, n, seed=31,
@@ -84,7 +85,7 @@ def test_kill9_five_times_counts_stay_exact(kafka: EmbeddedBroker, redis_server:
 
 
 def test_redis_killed_and_restarted_counts_stay_exact(kafka: EmbeddedBroker,
-                                                      redis_server: RedisServer,
+                                                      redis_server: LocalRedis,
                                                       driftgate: Any, tmp_path: Path) -> None:
     from tests.integration.test_service_e2e import _committed, _group_of
 

@@ -23,6 +23,7 @@ import yaml
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import AlertingSettings, WebhookSettings, load_settings
 from monitor.demo import CANARY, CHAMPION, MODEL, LiveTraffic, demo_settings
+from monitor.local_redis import LocalRedis
 from monitor.router_stub import RouterStub
 from monitor.runner import run_service
 from monitor.service import Service
@@ -30,7 +31,7 @@ from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
 from rollback.audit import verify_file
 from rollback.rules import RuleSpec
 from rollback.signing import new_secret
-from tests.integration.conftest import GROUP_TUNING, RedisServer, produce, wait_until
+from tests.integration.conftest import GROUP_TUNING, produce, wait_until
 from tests.integration.test_service_e2e import _committed, _config, _end_offsets, _setup_topics
 from tests.support import encode, fit_reference, oracle, parse_metrics, sample
 
@@ -223,7 +224,7 @@ async def _live_topics(kafka: EmbeddedBroker, partitions: int) -> dict[str, str]
 
 # --------------------------------------------------------------------------- 2
 async def test_failover_kill9_lease_holder_one_rollback_even_after_restart(
-        kafka: EmbeddedBroker, redis_server: RedisServer, driftgate: Any,
+        kafka: EmbeddedBroker, redis_server: LocalRedis, driftgate: Any,
         tmp_path: Path) -> None:
     """Two RedisStore instances; kill -9 the lease holder before the canary degrades.
 
@@ -499,44 +500,16 @@ async def test_webhook_receiver_down_30s_retried_then_delivered_once(
 
 
 # --------------------------------------------------------------------------- 4
-class _PasswordRedis(RedisServer):
-    """RedisServer with ``--requirepass``: a client without the password gets NOAUTH."""
+def _password_redis(workdir: Path, password: str) -> LocalRedis:
+    """redis-server with ``--requirepass``: a client without the password gets NOAUTH."""
+    import redis
 
-    def __init__(self, workdir: Path, password: str) -> None:
-        super().__init__(workdir)
-        self.password = password
-
-    def start(self) -> _PasswordRedis:
-        import shutil
-
-        import redis
-
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed (make test installs it)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes",
-             "--daemonize", "no", "--requirepass", self.password],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
-                             socket_timeout=1)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    client.close()
-                    break
-            except redis.RedisError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("redis-server did not answer PING")
-        anonymous = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
-        with pytest.raises(redis.AuthenticationError):
-            anonymous.ping()
-        anonymous.close()
-        return self
+    server = LocalRedis(workdir, password=password, aof=False).start()
+    anonymous = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=1)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    anonymous.close()
+    return server
 
 
 def _secret_forms(value: str) -> set[str]:
@@ -552,7 +525,7 @@ async def test_secrets_never_in_logs_audit_status_or_metrics(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis password, webhook secret and admin token: given by env, then by files."""
     redis_pw = "rpw-" + token_hex(16)
-    server = await asyncio.to_thread(_PasswordRedis(tmp_path / "redis", redis_pw).start)
+    server = await asyncio.to_thread(lambda: _password_redis(tmp_path / "redis", redis_pw))
     runs = {mode: {"redis": redis_pw, "admin": "adm-" + token_hex(16), "webhook": new_secret()}
             for mode in ("env", "file")}
     router = RouterStub(secrets=[runs["env"]["webhook"], runs["file"]["webhook"]],

@@ -14,9 +14,9 @@ import pytest
 from monitor.codec import EventCodec, RawRecord
 from monitor.config import load_settings
 from monitor.engine import Engine
+from monitor.local_redis import LocalRedis
 from monitor.state import SEP, Commit, MemoryStore, RedisStore, StateStore
 from monitor.traffic import TrafficGenerator
-from tests.integration.conftest import RedisServer
 from tests.support import MODEL, fit_reference, write_config
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path
         yield s, advance
         await s.stop()
         return
-    server = RedisServer(tmp_path / "redis").start()
+    server = LocalRedis(tmp_path / "redis").start()
     s = RedisStore(server.url, prefix="t:", join_ttl_s=TTL)
 
     async def sleep(dt: float) -> None:
