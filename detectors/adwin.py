@@ -134,11 +134,26 @@ class BatchADWIN:
         if arr.size and not np.all(np.isfinite(arr)):
             raise ValueError(f"values must be finite, got {arr[~np.isfinite(arr)][:3]!r}")
         positions: list[int] = []
-        update = self._adwin.update
-        for i, x in enumerate(arr.tolist()):
-            update(x)
-            if self._adwin.drift_detected:
-                positions.append(i)
+        adwin = self._adwin
+        if hasattr(adwin, "_helper") and hasattr(adwin, "_drift_detected"):
+            # river's ADWIN.update(x) is: reset if the last update detected a
+            # change, then feed x to the compiled AdaptiveWindowing helper. The
+            # same steps, without the Python wrapper call per value:
+            detected = bool(adwin._drift_detected)
+            update = adwin._helper.update
+            for i, x in enumerate(arr.tolist()):
+                if detected:
+                    adwin._reset()
+                    update = adwin._helper.update
+                detected = update(x)
+                if detected:
+                    positions.append(i)
+            adwin._drift_detected = detected
+        else:  # another river layout: the public API
+            for i, x in enumerate(arr.tolist()):
+                adwin.update(x)
+                if adwin.drift_detected:
+                    positions.append(i)
         self._n_detections += len(positions)
         self._n_seen += int(arr.size)
         return ADWINResult(

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import msgspec
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "LabelColumns",
     "PredictionColumns",
     "RawRecord",
+    "Record",
     "Rejected",
 ]
 
@@ -65,9 +67,32 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Timestamp = float | Annotated[datetime, msgspec.Meta(tz=True)]
 
 
+class Record(Protocol):
+    """What the codec reads of a record: aiokafka's ``ConsumerRecord`` and
+    :class:`RawRecord` both fit, so Kafka records are decoded without a copy."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+
 @dataclass(slots=True)
 class RawRecord:
-    """One record as read from a source, independent of the Kafka client."""
+    """One record as read from a source other than the Kafka consumer."""
 
     topic: str
     partition: int
@@ -82,7 +107,7 @@ class RawRecord:
 class Rejected:
     """A record that was not accepted, with the reason and a readable detail."""
 
-    record: RawRecord
+    record: Record
     reason: str
     detail: str
 
@@ -100,6 +125,9 @@ class PredictionColumns:
     amount: npt.NDArray[np.float64]
     numeric: npt.NDArray[np.float64]
     categorical: dict[str, list[object]]
+    #: the Kafka partition each event was read from (the label-join buffer is
+    #: kept, persisted and handed over per partition)
+    partition: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -114,6 +142,7 @@ class PredictionColumns:
             ts=self.ts[index], score=self.score[index], decision=self.decision[index],
             amount=self.amount[index], numeric=self.numeric[index],
             categorical={k: [v[i] for i in idx] for k, v in self.categorical.items()},
+            partition=self.partition[index],
         )
 
 
@@ -125,6 +154,7 @@ class LabelColumns:
     label: npt.NDArray[np.int8]
     ts: npt.NDArray[np.float64]
     amount: npt.NDArray[np.float64]
+    partition: npt.NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.event_id)
@@ -145,6 +175,7 @@ def _ts_seconds(value: float | datetime) -> float:
     return float(value)
 
 
+_PARTITION = operator.attrgetter("partition")
 _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 
@@ -270,7 +301,7 @@ class EventCodec:
             return "bad_event_id", msg
         return "wrong_type", msg
 
-    def _precheck(self, rec: RawRecord) -> Rejected | None:
+    def _precheck(self, rec: Record) -> Rejected | None:
         if rec.value is None or len(rec.value) == 0:
             return Rejected(rec, "empty", "record has no value")
         limit = self._max_bytes
@@ -283,7 +314,7 @@ class EventCodec:
             return Rejected(rec, "not_utf8", f"value is not UTF-8: {exc}")
         return None
 
-    def _cloudevent_body(self, rec: RawRecord, kind: str) -> Any:
+    def _cloudevent_body(self, rec: Record, kind: str) -> Any:
         headers: dict[str, bytes] = {}
         for k, v in rec.headers:
             headers[k] = v
@@ -327,7 +358,7 @@ class EventCodec:
                 body[key] = msgspec.Raw(msgspec.json.encode(value))
         return msgspec.json.encode(body)
 
-    def _decode_one(self, rec: RawRecord, decoder: msgspec.json.Decoder[Any], typ: Any,
+    def _decode_one(self, rec: Record, decoder: msgspec.json.Decoder[Any], typ: Any,
                     kind: str) -> Any:
         if self._cloudevents and rec.headers:
             body = self._cloudevent_body(rec, kind)
@@ -338,49 +369,73 @@ class EventCodec:
     # -------------------------------------------------------------- public API
     def decode(
         self,
-        predictions: Sequence[RawRecord],
-        labels: Sequence[RawRecord] = (),
+        predictions: Sequence[Record],
+        labels: Sequence[Record] = (),
     ) -> DecodedBatch:
         """Decode prediction and label records into columns plus rejections."""
         rejected: list[Rejected] = []
         preds = self._decode_predictions(predictions, rejected)
-        labs = self._decode_labels(labels, rejected)
+        _in_record_order(rejected, predictions)
+        label_rejected: list[Rejected] = []
+        labs = self._decode_labels(labels, label_rejected)
+        _in_record_order(label_rejected, labels)
+        rejected += label_rejected
         return DecodedBatch(preds, labs, rejected)
 
-    def _decode_predictions(self, records: Sequence[RawRecord],
-                            rejected: list[Rejected]) -> PredictionColumns:
-        score_field = self.settings.fields.score
+    def _batch_decode(self, records: Sequence[Record],
+                      decoder: msgspec.json.Decoder[Any]) -> list[Any] | None:
+        """Decode a whole batch in one call, or ``None`` if it does not qualify.
+
+        A batch qualifies when every value is a plain (not CloudEvents) JSON
+        object within the size limit that starts with ``{`` and ends with ``}``,
+        and the whole batch is UTF-8. Values are then joined by newlines and
+        decoded with :meth:`msgspec.json.Decoder.decode_lines`. Each value
+        ending in ``}`` either completes a top-level object or leaves the parser
+        inside a container where the next value's ``{`` is a syntax error, so
+        values can never merge; with no merge, the decoded count equals the
+        record count only if no value held two objects either. Any error sends
+        the batch to the per-record path, which finds the bad records.
+        """
+        if len(records) < 2:
+            return None
+        if self._cloudevents and any(r.headers for r in records):
+            return None
+        values = [r.value for r in records]
+        if None in values:
+            return None
+        vals: list[bytes] = values  # type: ignore[assignment]
+        if (max(map(len, vals)) > self._max_bytes
+                or not all(map(bytes.startswith, vals, itertools.repeat(b"{")))
+                or not all(map(bytes.endswith, vals, itertools.repeat(b"}")))):
+            return None
+        joined = b"\n".join(vals)
+        try:
+            # the whole value must be UTF-8, also in fields the decoder skips
+            joined.decode("utf-8")
+            out: list[Any] = decoder.decode_lines(joined)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                RecursionError):
+            return None
+        if len(out) != len(records):
+            return None
+        return out
+
+    def _decode_structs(self, records: Sequence[Record], decoder: msgspec.json.Decoder[Any],
+                        typ: Any, kind: str, score_field: str,
+                        rejected: list[Rejected]) -> tuple[list[Any], Sequence[Record]]:
+        """Typed structs of the records that decode, and those records."""
+        fast = self._batch_decode(records, decoder)
+        if fast is not None:
+            return fast, records
         structs: list[Any] = []
-        limit = self._max_bytes
-        plain = not self._cloudevents
-        decode = self._pred_decoder.decode
-        validate = self._validate_prediction
+        kept: list[Record] = []
         for rec in records:
-            value = rec.value
-            if value and len(value) <= limit and (plain or not rec.headers):
-                # the common case, same checks as below without the indirection
-                try:
-                    # the whole value must be UTF-8, also in fields the decoder skips
-                    value.decode("utf-8")
-                    ev = decode(value)
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
-                        RecursionError) as exc:
-                    reason, detail = self._classify(exc, score_field, value)
-                    rejected.append(Rejected(rec, reason, detail))
-                    continue
-                problem = validate(ev)
-                if problem is not None:
-                    rejected.append(Rejected(rec, *problem))
-                    continue
-                structs.append(ev)
-                continue
             pre = self._precheck(rec)
             if pre is not None:
                 rejected.append(pre)
                 continue
             try:
-                ev = self._decode_one(rec, self._pred_decoder, self._prediction_type,
-                                      "prediction")
+                ev = self._decode_one(rec, decoder, typ, kind)
             except _RejectError as rj:
                 rejected.append(Rejected(rec, rj.reason, rj.detail))
                 continue
@@ -389,14 +444,20 @@ class EventCodec:
                 reason, detail = self._classify(exc, score_field, rec.value)
                 rejected.append(Rejected(rec, reason, detail))
                 continue
-            problem = self._validate_prediction(ev)
-            if problem is not None:
-                rejected.append(Rejected(rec, *problem))
-                continue
             structs.append(ev)
-        return self._prediction_columns(structs)
+            kept.append(rec)
+        return structs, kept
+
+    def _decode_predictions(self, records: Sequence[Record],
+                            rejected: list[Rejected]) -> PredictionColumns:
+        structs, kept = self._decode_structs(
+            records, self._pred_decoder, self._prediction_type, "prediction",
+            self.settings.fields.score, rejected)
+        return self._prediction_columns(structs, kept, rejected)
 
     def _validate_prediction(self, ev: Any) -> tuple[str, str] | None:
+        """The first problem of one decoded prediction (the per-record rules that
+        :meth:`_prediction_columns` applies to whole columns), or ``None``."""
         f = self.settings.fields
         score = ev.score
         if not math.isfinite(score):
@@ -415,96 +476,163 @@ class EventCodec:
         decision = ev.decision
         if decision is not None and not isinstance(decision, bool) and decision not in (0, 1):
             return "wrong_type", f"{f.decision} must be a boolean or 0/1, got {decision!r}"
-        # last: a version takes one of the model's slots only with a valid event
-        if not self._version_allowed(ev.model, ev.model_version):
-            return "too_many_versions", (f"{f.model_version} {ev.model_version!r} of model "
-                                         f"{ev.model!r} exceeds the version limit")
         return None
 
-    def _prediction_columns(self, structs: list[Any]) -> PredictionColumns:
+    def _too_many_versions(self, model: str, version: str) -> tuple[str, str]:
+        f = self.settings.fields
+        return "too_many_versions", (f"{f.model_version} {version!r} of model "
+                                     f"{model!r} exceeds the version limit")
+
+    def _prediction_columns(self, structs: list[Any], recs: Sequence[Record],
+                            rejected: list[Rejected]) -> PredictionColumns:
+        """Columns of the valid predictions; the invalid ones join ``rejected``.
+
+        Validation runs over whole columns; only flagged rows are looked at one
+        by one, for the reason and a readable detail.
+        """
         n = len(structs)
-        score = np.fromiter((e.score for e in structs), dtype=np.float64, count=n)
-        decision = np.empty(n, dtype=np.bool_)
-        for i, e in enumerate(structs):
-            d = e.decision
-            decision[i] = bool(d) if d is not None else e.score >= self.threshold(e.model)
+        if n == 0:
+            return PredictionColumns(
+                event_id=[], model=[], version=[], ts=np.empty(0), score=np.empty(0),
+                decision=np.empty(0, dtype=np.bool_), amount=np.empty(0),
+                numeric=np.empty((0, self._n_num)),
+                categorical={name: [] for name in self.categorical_features})
+        astuple = msgspec.structs.astuple
+        # one C-level transpose: event_id, model, version, ts, score, decision, amount,
+        # features (the field order of the Prediction struct)
+        eid_c, model_c, version_c, ts_c, score_c, dec_c, amt_c, feat_c = zip(
+            *map(astuple, structs), strict=True)
+        score = np.array(score_c, dtype=np.float64)
+        try:
+            ts = np.array(ts_c, dtype=np.float64)
+        except TypeError:  # some are RFC 3339 datetimes
+            ts = np.fromiter(map(_ts_seconds, ts_c), dtype=np.float64, count=n)
+        amount = np.array(amt_c, dtype=np.float64)  # None -> nan
+        with np.errstate(invalid="ignore"):
+            bad = ~((score >= 0.0) & (score <= 1.0)) | ~((ts >= 0.0) & (ts < 1e11)) | (
+                amount < 0.0) | (amount > self._max_amount)
+        if not self._allow_unknown_models:
+            unknown = set(model_c).difference(self._models)
+            if unknown:
+                bad |= np.fromiter(map(unknown.__contains__, model_c), dtype=np.bool_, count=n)
+        if set(map(type, dec_c)) == {bool}:
+            decision = np.array(dec_c, dtype=np.bool_)
+        else:
+            decision = np.empty(n, dtype=np.bool_)
+            for i, d in enumerate(dec_c):
+                if d is None:
+                    decision[i] = score_c[i] >= self.threshold(model_c[i])
+                elif isinstance(d, bool) or d in (0, 1):
+                    decision[i] = bool(d)
+                else:
+                    bad[i] = True
+                    decision[i] = False
+        problems: dict[int, tuple[str, str]] = {}
+        if bad.any():
+            for i in np.flatnonzero(bad).tolist():
+                problem = self._validate_prediction(structs[i])
+                if problem is None:
+                    bad[i] = False
+                else:
+                    problems[i] = problem
+        # last: a version takes one of the model's slots only with a valid event,
+        # in the order of their first valid events
+        pairs = zip(model_c, version_c, strict=True)
+        first = dict.fromkeys(itertools.compress(pairs, (~bad).tolist()) if problems else pairs)
+        denied = {p for p in first if not self._version_allowed(*p)}
+        if denied:
+            for i, pair in enumerate(zip(model_c, version_c, strict=True)):
+                if pair in denied and not bad[i]:
+                    bad[i] = True
+                    problems[i] = self._too_many_versions(*pair)
         numeric = np.empty((n, self._n_num), dtype=np.float64)
-        if self._n_num and n:
+        if self._n_num:
             # the Features struct lists the numeric fields first (n0, n1, ...):
             # one astuple() per event instead of one getattr() per value
             n_num = self._n_num
-            astuple = msgspec.structs.astuple
-            rows: Any = (astuple(e.features) for e in structs)
+            rows: Any = map(astuple, feat_c)
             if self.categorical_features:
                 rows = (r[:n_num] for r in rows)
             numeric[:] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
                                      count=n * n_num).reshape(n, n_num)  # None -> nan
-        categorical: dict[str, list[object]] = {}
-        for i, name in enumerate(self.categorical_features):
-            key = f"c{i}"
-            categorical[name] = [getattr(e.features, key) for e in structs]
-        return PredictionColumns(
-            event_id=[e.event_id for e in structs],
-            model=[e.model for e in structs],
-            version=[e.model_version for e in structs],
-            ts=np.fromiter((_ts_seconds(e.ts) for e in structs), dtype=np.float64, count=n),
-            score=score,
-            decision=decision,
-            amount=np.array([np.nan if e.amount is None else e.amount for e in structs],
-                            dtype=np.float64).reshape(n),
-            numeric=numeric,
+        categorical: dict[str, list[object]] = {
+            name: list(map(operator.attrgetter(f"c{i}"), feat_c))
+            for i, name in enumerate(self.categorical_features)}
+        cols = PredictionColumns(
+            event_id=list(eid_c), model=list(model_c), version=list(version_c), ts=ts,
+            score=score, decision=decision, amount=amount, numeric=numeric,
             categorical=categorical,
-        )
+            partition=np.fromiter(map(_PARTITION, recs), dtype=np.int64, count=n))
+        if not problems:
+            return cols
+        for i in sorted(problems):
+            rejected.append(Rejected(recs[i], *problems[i]))
+        return cols.take(np.flatnonzero(~bad))
 
-    def _decode_labels(self, records: Sequence[RawRecord],
-                       rejected: list[Rejected]) -> LabelColumns:
+    def _validate_label(self, ev: Any) -> tuple[str, str] | None:
+        """The first problem of one decoded label, or ``None``."""
         f = self.settings.fields
-        ids: list[str] = []
-        labels: list[int] = []
-        ts: list[float] = []
-        amounts: list[float] = []
-        for rec in records:
-            pre = self._precheck(rec)
-            if pre is not None:
-                rejected.append(pre)
-                continue
-            try:
-                ev = self._decode_one(rec, self._label_decoder, self._label_type, "label")
-            except _RejectError as rj:
-                rejected.append(Rejected(rec, rj.reason, rj.detail))
-                continue
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
-                    RecursionError) as exc:
-                reason, detail = self._classify(exc, "", rec.value)
-                rejected.append(Rejected(rec, reason, detail))
-                continue
-            lab = ev.label
-            if isinstance(lab, bool):
-                lab = int(lab)
-            if lab not in (0, 1):
-                rejected.append(Rejected(rec, "bad_label", f"{f.label} must be 0 or 1, got "
-                                         f"{ev.label!r}"))
-                continue
-            t = math.nan if ev.ts is None else _ts_seconds(ev.ts)
-            if ev.ts is not None and (not math.isfinite(t) or not 0.0 <= t < 1e11):
-                rejected.append(Rejected(rec, "bad_timestamp", f"{f.ts} must be epoch "
-                                         f"seconds or RFC 3339, got {ev.ts!r}"))
-                continue
-            amt = ev.amount
-            if amt is not None and not 0 <= amt <= self.settings.codec.max_amount:
-                rejected.append(Rejected(rec, "bad_amount", f"{f.amount} must be in [0, "
-                                         f"{self.settings.codec.max_amount:g}], got {amt!r}"))
-                continue
-            ids.append(ev.event_id)
-            labels.append(lab)
-            ts.append(t)
-            amounts.append(math.nan if amt is None else amt)
-        return LabelColumns(
-            event_id=ids,
-            label=np.array(labels, dtype=np.int8),
-            ts=np.array(ts, dtype=np.float64),
-            amount=np.array(amounts, dtype=np.float64),
-        )
+        lab = ev.label
+        if isinstance(lab, bool):
+            lab = int(lab)
+        if lab not in (0, 1):
+            return "bad_label", f"{f.label} must be 0 or 1, got {ev.label!r}"
+        t = math.nan if ev.ts is None else _ts_seconds(ev.ts)
+        if ev.ts is not None and (not math.isfinite(t) or not 0.0 <= t < 1e11):
+            return "bad_timestamp", (f"{f.ts} must be epoch seconds or RFC 3339, "
+                                     f"got {ev.ts!r}")
+        amt = ev.amount
+        if amt is not None and not 0 <= amt <= self._max_amount:
+            return "bad_amount", (f"{f.amount} must be in [0, {self._max_amount:g}], "
+                                  f"got {amt!r}")
+        return None
+
+    def _decode_labels(self, records: Sequence[Record],
+                       rejected: list[Rejected]) -> LabelColumns:
+        structs, recs = self._decode_structs(
+            records, self._label_decoder, self._label_type, "label", "", rejected)
+        n = len(structs)
+        if n == 0:
+            return LabelColumns(event_id=[], label=np.empty(0, dtype=np.int8),
+                                ts=np.empty(0), amount=np.empty(0))
+        eid_c, label_c, ts_c, amt_c = zip(*map(msgspec.structs.astuple, structs), strict=True)
+        try:
+            label = np.array(label_c, dtype=np.int64)
+        except OverflowError:  # an integer beyond int64: flagged below
+            label = np.array([x if -2 <= x <= 2 else 2 for x in label_c], dtype=np.int64)
+        try:
+            ts = np.array(ts_c, dtype=np.float64)  # None -> nan
+        except TypeError:  # some are RFC 3339 datetimes
+            ts = np.fromiter((math.nan if t is None else _ts_seconds(t) for t in ts_c),
+                             dtype=np.float64, count=n)
+        amount = np.array(amt_c, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = ((label != 0) & (label != 1)) | (ts < 0.0) | (ts >= 1e11) | np.isinf(ts) | (
+                amount < 0.0) | (amount > self._max_amount)
+        keep: npt.NDArray[np.intp] | None = None
+        if bad.any():
+            for i in np.flatnonzero(bad).tolist():
+                problem = self._validate_label(structs[i])
+                if problem is None:
+                    bad[i] = False
+                else:
+                    rejected.append(Rejected(recs[i], *problem))
+            keep = np.flatnonzero(~bad)
+        ids = list(eid_c)
+        part = np.fromiter(map(_PARTITION, recs), dtype=np.int64, count=n)
+        if keep is not None and keep.size < n:
+            ids = [ids[i] for i in keep.tolist()]
+            label, ts, amount, part = label[keep], ts[keep], amount[keep], part[keep]
+        return LabelColumns(event_id=ids, label=label.astype(np.int8), ts=ts, amount=amount,
+                            partition=part)
+
+
+def _in_record_order(rejected: list[Rejected], records: Sequence[Record]) -> None:
+    """Sort rejections (decode failures first, then validation failures) back
+    into the order of their records."""
+    if len(rejected) > 1:
+        pos = {id(r): i for i, r in enumerate(records)}
+        rejected.sort(key=lambda rj: pos.get(id(rj.record), -1))
 
 
 class _RejectError(Exception):

@@ -22,6 +22,7 @@ intervals, in O(versions x features x bins).
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 import zlib
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -49,7 +51,7 @@ from detectors.kpi import FraudKPIs
 from monitor.codec import DecodedBatch, LabelColumns, PredictionColumns
 from monitor.config import Settings
 from monitor.reports import SliceReservoir
-from monitor.state import SEP, Commit, LoggedDict
+from monitor.state import SEP, Commit, JoinLog
 
 __all__ = ["SCORE_FEATURE", "Engine", "Evaluation", "VersionEvaluation", "VersionState"]
 
@@ -185,10 +187,16 @@ class Engine:
             for m in settings.models
         }
         self.watermark = -math.inf
-        # join buffers: event_id -> (version key, slice id, decision, amount)
-        self._pending: LoggedDict = LoggedDict()
-        # labels that arrived before their prediction: event_id -> (label, amount, watermark)
-        self._orphans: LoggedDict = LoggedDict()
+        # join buffers, in arrival order: event_id ->
+        # (version key, slice id, decision, amount, event time, partition)
+        self._pending: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        # labels that arrived before their prediction: event_id ->
+        # (label, amount, event time or watermark, partition)
+        self._orphans: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        # with a shared state store: changes to persist, and the stored blobs
+        self._pending_log: JoinLog | None = None
+        self._orphan_log: JoinLog | None = None
+        self._join_store = _JoinStoreState()
         # persistence: slices changed since the last commit, slices written before
         self.touched: set[tuple[str, str, str, int]] = set()
         self._written: dict[tuple[str, str, str], set[int]] = {}
@@ -328,11 +336,10 @@ class Engine:
         score_idx = ref.score.bin_index(cols.score[:, None])
         # group rows by (model, version) with a dict (no np.unique over an object
         # array of joined strings); groups are visited in sorted key order
-        group_of: dict[tuple[str, str], int] = {}
-        inverse = np.fromiter(
-            (group_of.setdefault(k, len(group_of))
-             for k in zip(cols.model, cols.version, strict=True)),
-            dtype=np.intp, count=n)
+        group_of = {k: i for i, k in enumerate(dict.fromkeys(
+            zip(cols.model, cols.version, strict=True)))}
+        inverse = np.fromiter(map(group_of.__getitem__, zip(cols.model, cols.version, strict=True)),
+                              dtype=np.intp, count=n)
         for model, version in sorted(group_of):
             st = self.state(model, version)
             rows = np.flatnonzero(inverse == group_of[(model, version)])
@@ -368,26 +375,58 @@ class Engine:
         # join buffer
         pending = self._pending
         orphans = self._orphans
-        dec = cols.decision.tolist()
-        amt = cols.amount.tolist()
-        ts_l = cols.ts.tolist()
-        sid_l = sids.tolist()
-        joined_rows: list[tuple[tuple[str, str], int, bool, float, int, float]] = []
-        for i, eid in enumerate(cols.event_id):
-            if eid in pending:
-                self.duplicates["prediction"] += 1
-                continue
-            key2 = (cols.model[i], cols.version[i])
-            orphan = orphans.pop(eid, None)
-            if orphan is not None:
-                joined_rows.append((key2, sid_l[i], dec[i], amt[i], orphan[0], orphan[1]))
-                continue
-            pending[eid] = (key2, sid_l[i], dec[i], amt[i], ts_l[i])
-        if joined_rows:
-            self._apply_joined(joined_rows, stats)
+        ids = cols.event_id
+        keys = list(group_of)
+        part = cols.partition.tolist() if cols.partition.size == n else [0] * n
+        entries = zip(map(keys.__getitem__, inverse.tolist()), sids.tolist(),
+                      cols.decision.tolist(), cols.amount.tolist(), cols.ts.tolist(), part,
+                      strict=True)
+        idset = set(ids)
+        if len(idset) == n and pending.keys().isdisjoint(idset):
+            # the common case: no duplicate; bulk inserts, and only the events
+            # whose label came first are looked at one by one
+            hits = orphans.keys() & idset if orphans else None
+            if not hits:
+                new = dict(zip(ids, entries, strict=True))
+            else:
+                new = {}
+                joined: list[tuple[tuple[str, str], int, bool, float, int, float]] = []
+                for eid, entry in zip(ids, entries, strict=True):
+                    if eid in hits:
+                        orphan = orphans.pop(eid)
+                        if self._orphan_log is not None:
+                            self._orphan_log.delete(eid, orphan[3])
+                        joined.append((entry[0], entry[1], entry[2], entry[3], orphan[0],
+                                       orphan[1]))
+                    else:
+                        new[eid] = entry
+                self._apply_joined(joined, stats)
+            pending.update(new)
+            if self._pending_log is not None:
+                self._pending_log.put_many(new)
+        else:
+            joined_rows: list[tuple[tuple[str, str], int, bool, float, int, float]] = []
+            for eid, entry in zip(ids, entries, strict=True):
+                if eid in pending:
+                    self.duplicates["prediction"] += 1
+                    continue
+                orphan = orphans.pop(eid, None)
+                if orphan is not None:
+                    if self._orphan_log is not None:
+                        self._orphan_log.delete(eid, orphan[3])
+                    joined_rows.append((entry[0], entry[1], entry[2], entry[3], orphan[0],
+                                        orphan[1]))
+                    continue
+                pending[eid] = entry
+                if self._pending_log is not None:
+                    self._pending_log.put(eid, entry)
+            if joined_rows:
+                self._apply_joined(joined_rows, stats)
         cap = self.settings.join.max_pending
         while len(pending) > cap:
-            pending.popitem(last=False)
+            eid, entry = pending.popitem(last=False)
+            if self._pending_log is not None:
+                self._pending_log.delete(eid, entry[5])
             self.evictions["capacity"] += 1
 
     def _process_labels(self, cols: LabelColumns, stats: BatchStats) -> None:
@@ -399,6 +438,9 @@ class Engine:
         labels = cols.label.tolist()
         amounts = cols.amount.tolist()
         label_ts = cols.ts.tolist()
+        n = len(cols)
+        part = cols.partition.tolist() if cols.partition.size == n else [0] * n
+        plog, olog = self._pending_log, self._orphan_log
         for i, eid in enumerate(cols.event_id):
             p = pending.pop(eid, None)
             if p is None:
@@ -414,15 +456,20 @@ class Engine:
                 if not math.isfinite(t):
                     t = self.watermark
                     self._unstamped_orphans |= not math.isfinite(t)
-                orphans[eid] = (labels[i], amounts[i], t)
+                orphans[eid] = entry = (labels[i], amounts[i], t, part[i])
+                if olog is not None:
+                    olog.put(eid, entry)
                 continue
-            key, sid, decision, amount, _ts = p
-            joined_rows.append((key, sid, decision, amount, labels[i], amounts[i]))
+            if plog is not None:
+                plog.delete(eid, p[5])
+            joined_rows.append((p[0], p[1], p[2], p[3], labels[i], amounts[i]))
         if joined_rows:
             self._apply_joined(joined_rows, stats)
         cap = self.settings.join.max_orphan_labels
         while len(orphans) > cap:
-            orphans.popitem(last=False)
+            eid, o = orphans.popitem(last=False)
+            if olog is not None:
+                olog.delete(eid, o[3])
             self.unmatched_labels["capacity"] += 1
 
     def _apply_joined(
@@ -479,7 +526,9 @@ class Engine:
         """Give labels that came before any prediction the first finite watermark."""
         for eid, o in self._orphans.items():
             if not math.isfinite(o[2]):
-                self._orphans[eid] = (o[0], o[1], self.watermark)
+                self._orphans[eid] = entry = (o[0], o[1], self.watermark, o[3])
+                if self._orphan_log is not None:
+                    self._orphan_log.put(eid, entry)
         self._unstamped_orphans = False
 
     def _expire(self) -> None:
@@ -487,11 +536,14 @@ class Engine:
             return
         horizon = self.watermark - self.settings.join.ttl_seconds
         pending = self._pending
+        plog, olog = self._pending_log, self._orphan_log
         while pending:
             eid, entry = next(iter(pending.items()))
             if entry[4] >= horizon:
                 break
             del pending[eid]
+            if plog is not None:
+                plog.delete(eid, entry[5])
             self.evictions["ttl"] += 1
         orphans = self._orphans
         while orphans:
@@ -499,6 +551,8 @@ class Engine:
             if o[2] >= horizon:
                 break
             del orphans[eid]
+            if olog is not None:
+                olog.delete(eid, o[3])
             self.unmatched_labels["ttl"] += 1
 
     # ------------------------------------------------------------- evaluation
@@ -628,38 +682,152 @@ class Engine:
                 commit.expired |= {(m, v, kind, s) for s in gone}
                 sids -= gone
         commit.counters = self.counters()
-        puts, deletes = self._pending.drain()
-        commit.pending_puts = {e: SEP.join((k[0], k[1], str(sid), str(int(d)), repr(a),
-                                            repr(t)))
-                               for e, (k, sid, d, a, t) in puts.items()}
-        commit.pending_deletes = deletes
-        oputs, odeletes = self._orphans.drain()
-        commit.orphan_puts = {e: SEP.join((str(lab), repr(a), repr(t)))
-                              for e, (lab, a, t) in oputs.items()}
-        commit.orphan_deletes = odeletes
+        self._join_delta(commit)
         return commit
 
-    def forget_join_cache(self) -> None:
-        """Drop the local join entries (they live in the store)."""
-        OrderedDict.clear(self._pending)
-        OrderedDict.clear(self._orphans)
+    # ------------------------------------------------------- join persistence
+    def track_join_changes(self) -> None:
+        """Log join-buffer changes from now on, for :meth:`delta` (a state store)."""
+        self._pending_log = JoinLog()
+        self._orphan_log = JoinLog()
 
-    def join_keys(self, batch: DecodedBatch) -> tuple[list[str], list[str]]:
-        """Ids whose pending prediction (labels) / orphan label (predictions) to fetch."""
-        return list(batch.labels.event_id), list(batch.predictions.event_id)
+    def _join_field(self, kind: str) -> str:
+        jss = self._join_store
+        jss.n += 1
+        return f"{jss.epoch:013d}.{jss.n:010d}.{kind}"
 
-    def load_join(self, pending: dict[str, str], orphans: dict[str, str]) -> None:
-        """Insert join entries fetched from the store (not logged as changes)."""
-        p: dict[str, Any] = {}
-        for eid, raw in pending.items():
-            m, v, sid, d, a, t = raw.split(SEP)
-            p[eid] = ((m, v), int(sid), d == "1", float(a), float(t))
-        self._pending.load(p)
-        o: dict[str, Any] = {}
-        for eid, raw in orphans.items():
-            lab, a, t = raw.split(SEP)
-            o[eid] = (int(lab), float(a), float(t))
-        self._orphans.load(o)
+    def _join_delta(self, commit: Commit) -> None:
+        """Add this batch's join-buffer changes to ``commit``: one blob per partition
+        (puts, then deletes), and a snapshot where the blobs since the last one
+        outgrew it (which then replaces them all)."""
+        if self._pending_log is None or self._orphan_log is None:
+            return
+        jss = self._join_store
+        kafka = self.settings.kafka
+        touched: list[tuple[str, int]] = []
+        for log, topic in ((self._pending_log, kafka.predictions_topic),
+                           (self._orphan_log, kafka.labels_topic)):
+            puts, deletes = log.drain()
+            by_part: dict[int, list[tuple[str, tuple[Any, ...]]]] = {}
+            if puts:
+                items = list(puts.items())
+                first = items[0][1][-1]
+                if all(e[-1] == first for e in puts.values()):
+                    by_part[first] = items
+                else:
+                    for item in items:
+                        by_part.setdefault(item[1][-1], []).append(item)
+            for part in sorted(by_part.keys() | deletes.keys()):
+                tp = (topic, part)
+                blob = _JOIN_ENCODE((by_part.get(part, []), deletes.get(part, [])))
+                name = self._join_field("d")
+                commit.join_writes.setdefault(tp, {})[name] = blob
+                jss.fields.setdefault(tp, []).append(name)
+                jss.log_bytes[tp] = jss.log_bytes.get(tp, 0) + len(blob)
+                touched.append(tp)
+        due = [tp for tp in touched
+               if jss.log_bytes[tp] > max(jss.snap_bytes.get(tp, 0), _SNAPSHOT_MIN_BYTES)]
+        if due:
+            self._join_snapshots(commit, due)
+
+    def _join_snapshots(self, commit: Commit, due: list[tuple[str, int]]) -> None:
+        jss = self._join_store
+        kafka = self.settings.kafka
+        items: dict[tuple[str, int], list[tuple[str, tuple[Any, ...]]]] = {tp: [] for tp in due}
+        for buf, topic in ((self._pending, kafka.predictions_topic),
+                           (self._orphans, kafka.labels_topic)):
+            want = {p for t, p in due if t == topic}
+            if want:
+                for item in buf.items():
+                    if item[1][-1] in want:
+                        items[(topic, item[1][-1])].append(item)
+        for tp in due:
+            blob = _JOIN_ENCODE((items[tp], []))
+            name = self._join_field("s")
+            old = jss.fields.get(tp, [])
+            writes = commit.join_writes.setdefault(tp, {})
+            stored = [f for f in old if writes.pop(f, None) is None]
+            if stored:
+                commit.join_drops.setdefault(tp, []).extend(stored)
+            writes[name] = blob
+            jss.fields[tp] = [name]
+            jss.snap_bytes[tp] = len(blob)
+            jss.log_bytes[tp] = 0
+
+    def load_join_state(self, blobs: dict[tuple[str, int], dict[str, bytes]],
+                        epoch: int) -> int:
+        """Take over the stored join buffers of newly assigned partitions.
+
+        ``blobs`` maps a topic-partition to its stored fields (as written by
+        :meth:`delta`); ``epoch`` (the store's clock, ms) orders the fields this
+        instance writes from now on after every field already stored. Local
+        entries of these partitions are replaced. Returns the entries loaded.
+        """
+        jss = self._join_store
+        kafka = self.settings.kafka
+        self.drop_join_partitions(list(blobs))
+        newest = max((int(f.split(".", 1)[0]) for fields in blobs.values() for f in fields),
+                     default=0)
+        jss.epoch = max(epoch, newest + 1, jss.epoch + 1)
+        jss.n = 0
+        keys: dict[tuple[str, str], tuple[str, str]] = {}
+        loaded_p: list[list[tuple[str, tuple[Any, ...]]]] = []
+        loaded_o: list[list[tuple[str, tuple[Any, ...]]]] = []
+        for tp, fields in blobs.items():
+            names = sorted(fields)
+            snaps = [i for i, f in enumerate(names) if f.endswith(".s")]
+            start = snaps[-1] if snaps else 0
+            entries: dict[str, list[Any]] = {}
+            for name in names[start:]:
+                puts, deletes = _JOIN_DECODE(fields[name])
+                for eid, e in puts:
+                    entries[eid] = e
+                for eid in deletes:
+                    entries.pop(eid, None)
+            jss.fields[tp] = names
+            jss.snap_bytes[tp] = len(fields[names[start]]) if snaps else 0
+            jss.log_bytes[tp] = sum(len(fields[f]) for f in names[start + (1 if snaps else 0):])
+            # entries in the order they arrived on their partition
+            if tp[0] == kafka.predictions_topic:
+                loaded_p.append([(eid, (keys.setdefault(k := (str(e[0][0]), str(e[0][1])), k),
+                                        int(e[1]), bool(e[2]), float(e[3]), float(e[4]),
+                                        int(e[5]))) for eid, e in entries.items()])
+            else:
+                loaded_o.append([(eid, (int(e[0]), float(e[1]), float(e[2]), int(e[3])))
+                                 for eid, e in entries.items()])
+        # interleave the partitions (and what is here already) by event time,
+        # keeping each one's own arrival order: expiry scans from the front
+        if any(loaded_p):
+            self._pending = OrderedDict(heapq.merge(
+                list(self._pending.items()), *loaded_p, key=lambda kv: kv[1][4]))
+        if any(loaded_o):
+            self._orphans = OrderedDict(heapq.merge(
+                list(self._orphans.items()), *loaded_o, key=lambda kv: kv[1][2]))
+        self._unstamped_orphans = any(not math.isfinite(o[2]) for part in loaded_o
+                                      for _, o in part)
+        self._dirty = True
+        return sum(map(len, loaded_p)) + sum(map(len, loaded_o))
+
+    def drop_join_partitions(self, tps: list[tuple[str, int]]) -> None:
+        """Forget the local join entries of revoked partitions (the store keeps them)."""
+        kafka = self.settings.kafka
+        jss = self._join_store
+        for buf, log, topic, in ((self._pending, self._pending_log, kafka.predictions_topic),
+                                 (self._orphans, self._orphan_log, kafka.labels_topic)):
+            parts = {p for t, p in tps if t == topic}
+            if not parts:
+                continue
+            for eid in [e for e, v in buf.items() if v[-1] in parts]:
+                del buf[eid]
+                if log is not None:
+                    log.puts.pop(eid, None)
+            if log is not None:
+                for p in parts:
+                    log.deletes.pop(p, None)
+        for tp in tps:
+            jss.fields.pop(tp, None)
+            jss.log_bytes.pop(tp, None)
+            jss.snap_bytes.pop(tp, None)
 
     def _states_from(self, slices: dict[tuple[str, str, str, int], list[bytes]],
                      counters: dict[str, float], target: dict[tuple[str, str], VersionState],
@@ -703,8 +871,11 @@ class Engine:
         self.evictions = Counter()
         self.unmatched_labels = Counter()
         self.invalid = Counter()
-        self._pending = LoggedDict()
-        self._orphans = LoggedDict()
+        self._pending = OrderedDict()
+        self._orphans = OrderedDict()
+        if self._pending_log is not None:
+            self.track_join_changes()
+        self._join_store = _JoinStoreState()
         self.touched = set()
         self._written = {}
         self.global_view = None
@@ -758,6 +929,24 @@ class Engine:
         if self._dirty or self._evaluation is None:
             return self.evaluate()
         return self._evaluation
+
+
+#: a partition's join blobs are replaced by one snapshot once they outgrow it
+#: (and this size): the stored log stays within about twice the live buffer
+_SNAPSHOT_MIN_BYTES = 64 * 1024
+_JOIN_ENCODE = msgspec.msgpack.Encoder().encode
+_JOIN_DECODE = msgspec.msgpack.Decoder(tuple[list[tuple[str, list[Any]]], list[str]]).decode
+
+
+@dataclass
+class _JoinStoreState:
+    """Which join blobs this instance has stored, per topic-partition."""
+
+    epoch: int = 0
+    n: int = 0
+    fields: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+    log_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
+    snap_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class _CatRows:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +89,7 @@ async def run_service(settings: Settings, source: Source | None = None,
                       instance_id=settings.state.instance_id)
     if isinstance(src, KafkaSource) and store is not None:
         src.set_assign_hook(service.seek_offsets)
+        src.set_revoke_hook(service.release_partitions)
     publish = None
     if isinstance(sink, KafkaDeadLetterSink):
         kafka_sink = sink
@@ -99,10 +99,6 @@ async def run_service(settings: Settings, source: Source | None = None,
 
     layer = DecisionLayer(settings, lambda: service.engine, publish=publish,
                           claim=store.claim if store is not None else None)
-    # the imported stack (river pulls in sklearn, scipy and pandas) is ~150k
-    # long-lived objects: keep them out of every full GC pass from here on
-    gc.collect()
-    gc.freeze()
     service.tick_handlers.append(layer.on_tick)
     service.extra_metrics.append(layer.metrics)
     service.decisions = layer

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -85,6 +86,7 @@ class Service:
         self._bootstrap_n = 0
         self._bootstrap_offsets: dict[tuple[str, int], int] = {}
         self._pending_invalid: list[tuple[str, str]] = []
+        self._join_to_load: list[tuple[str, int]] = []
         if reference is not None:
             self._set_engine(Engine(settings, reference, clock))
         elif settings.reference.fit_from_champion_events <= 0:
@@ -103,6 +105,8 @@ class Service:
     # ---------------------------------------------------------------- helpers
     def _set_engine(self, engine: Engine) -> None:
         self.engine = engine
+        if self.store is not None:
+            engine.track_join_changes()
         self.registry.register(EngineCollector(engine, status=self.status,
                                                extra=self._extra, ready=self.ready))
 
@@ -148,6 +152,9 @@ class Service:
             self._bootstrap_offsets.update(batch.next_offsets)
             self._buffer_for_reference(decoded)
             if self.engine is not None:  # the reference was just fitted
+                if self._join_to_load:
+                    todo, self._join_to_load = self._join_to_load, []
+                    await self._load_join(todo)
                 await self.source.commit(self._bootstrap_offsets)
                 self._bootstrap_offsets = {}
         else:
@@ -184,9 +191,6 @@ class Service:
         store, engine = self.store, self.engine
         if store is None or engine is None:
             return
-        ids = engine.join_keys(decoded)
-        pending, orphans = await self._store_call(lambda: store.join_get(*ids))
-        engine.load_join(pending, orphans)
         engine.process(decoded)
         commit = engine.delta(self.instance_id)
         commit.offsets = dict(batch.next_offsets)
@@ -197,7 +201,6 @@ class Service:
             await self._resync(str(exc))
             return
         self._seq += 1
-        engine.forget_join_cache()
         await self.source.commit(batch.next_offsets)
 
     async def _resync(self, why: str) -> None:
@@ -216,23 +219,47 @@ class Service:
         engine.clear_state()
         engine.restore(slices, counters)
         self._seq = int(counters.get(SEQ_KEY, 0))
+        assigned = sorted(self.source.status().assigned)
+        await self._load_join(assigned)
         seek_to = getattr(self.source, "seek_to", None)
         if seek_to is not None:
-            assigned = list(self.source.status().assigned)
             await seek_to(await self._store_call(lambda: store.offsets(assigned)))
 
     async def seek_offsets(self, partitions: Sequence[tuple[str, int]]
                            ) -> dict[tuple[str, int], int] | None:
-        """Where to start assigned partitions: the offsets stored with the counts."""
+        """Where to start assigned partitions: the offsets stored with the counts.
+
+        The stored label-join buffers of these partitions are taken over too.
+        """
         store = self.store
         if store is None:
             return None
+        await self._load_join(list(partitions))
         found: dict[tuple[str, int], int] = await self._store_call(
             lambda: store.offsets(list(partitions)))
         if found:
             log.info("seeking to stored offsets", offsets={f"{t}/{p}": o
                                                            for (t, p), o in found.items()})
         return found
+
+    async def _load_join(self, partitions: list[tuple[str, int]]) -> None:
+        store, engine = self.store, self.engine
+        if store is None:
+            return
+        if engine is None:  # the reference is still being fitted: load once it is
+            self._join_to_load = sorted(set(self._join_to_load) | set(partitions))
+            return
+        blobs, epoch = await self._store_call(lambda: store.load_join(partitions))
+        loaded = engine.load_join_state(blobs, epoch)
+        if loaded:
+            log.info("join buffer taken over", entries=loaded, partitions=len(partitions))
+
+    async def release_partitions(self, partitions: Sequence[tuple[str, int]]) -> None:
+        """Revoked partitions: their join entries now belong to another instance
+        (this one's last commit holds them)."""
+        if self.store is not None and self.engine is not None:
+            self.engine.drop_join_partitions(list(partitions))
+        self._join_to_load = [tp for tp in self._join_to_load if tp not in set(partitions)]
 
     def _count_invalid(self, kind: str, reason: str) -> None:
         if self.engine is not None:
@@ -322,6 +349,14 @@ class Service:
         On stop the batch in hand is finished and committed before returning
         (the drain on SIGTERM).
         """
+        # the imported stack (river pulls in sklearn, scipy and pandas) is ~150k
+        # long-lived objects: keep them out of every full GC pass from here on
+        gc.collect()
+        gc.freeze()
+        # a batch allocates tens of thousands of short-lived containers: collect
+        # the young generation per ~batch rather than every 700 allocations
+        gen0, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(max(gen0, 50_000), gen1, gen2)
         if self.store is not None:
             await self.store.start()
             if self.engine is not None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
-from monitor.codec import RawRecord
+from monitor.codec import RawRecord, Record
 from monitor.config import KafkaSettings
 from monitor.metrics import SourceStatus
 
@@ -47,9 +47,9 @@ TopicPartition = tuple[str, int]
 class SourceBatch:
     """Records of one poll, split by kind, and the offsets to commit after them."""
 
-    predictions: list[RawRecord] = field(default_factory=list)
-    labels: list[RawRecord] = field(default_factory=list)
-    unknown: list[RawRecord] = field(default_factory=list)
+    predictions: list[Record] = field(default_factory=list)
+    labels: list[Record] = field(default_factory=list)
+    unknown: list[Record] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -79,7 +79,7 @@ class DeadLetterSink(Protocol):
     @property
     def sent(self) -> int: ...
 
-    async def send(self, record: RawRecord, reason: str, detail: str) -> None: ...
+    async def send(self, record: Record, reason: str, detail: str) -> None: ...
 
     async def flush(self) -> None: ...
 
@@ -103,13 +103,6 @@ def kafka_client_options(cfg: KafkaSettings) -> dict[str, Any]:
         opts["sasl_plain_username"] = cfg.sasl_username
         opts["sasl_plain_password"] = cfg.password()
     return opts
-
-
-def _record(msg: Any) -> RawRecord:
-    return RawRecord(
-        topic=msg.topic, partition=msg.partition, offset=msg.offset, value=msg.value,
-        headers=msg.headers or (), timestamp_ms=msg.timestamp, key=msg.key,
-    )
 
 
 OnAssign = Callable[[Sequence[TopicPartition]], Awaitable[dict[TopicPartition, int] | None]]
@@ -165,6 +158,10 @@ class KafkaSource:
     def set_assign_hook(self, on_assign: OnAssign) -> None:
         """Ask ``on_assign`` where to start newly assigned partitions."""
         self._on_assign = on_assign
+
+    def set_revoke_hook(self, on_revoke: OnRevoke) -> None:
+        """Tell ``on_revoke`` about partitions about to be revoked."""
+        self._on_revoke = on_revoke
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -237,7 +234,8 @@ class KafkaSource:
                 continue
             target = (batch.predictions if tp.topic == pred_topic else
                       batch.labels if tp.topic == label_topic else batch.unknown)
-            target.extend(_record(m) for m in msgs)
+            # aiokafka's ConsumerRecord fits codec.Record: no copy per record
+            target.extend(msgs)
             batch.next_offsets[(tp.topic, tp.partition)] = msgs[-1].offset + 1
         return batch
 
@@ -366,13 +364,13 @@ class MemoryDeadLetterSink:
     """Keeps dead letters in a list (replay mode, unit tests)."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[RawRecord, str, str]] = []
+        self.records: list[tuple[Record, str, str]] = []
 
     @property
     def sent(self) -> int:
         return len(self.records)
 
-    async def send(self, record: RawRecord, reason: str, detail: str) -> None:
+    async def send(self, record: Record, reason: str, detail: str) -> None:
         self.records.append((record, reason, detail))
 
     async def flush(self) -> None:
@@ -406,7 +404,7 @@ class KafkaDeadLetterSink:
             producer, self._producer = self._producer, None
             await producer.stop()
 
-    async def send(self, record: RawRecord, reason: str, detail: str) -> None:
+    async def send(self, record: Record, reason: str, detail: str) -> None:
         headers = [*record.headers,
                    ("driftgate-reason", reason.encode()),
                    ("driftgate-detail", detail.encode("utf-8", "replace")[:1024]),

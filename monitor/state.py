@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,7 +30,7 @@ __all__ = [
     "KINDS",
     "SEQ_KEY",
     "Commit",
-    "LoggedDict",
+    "JoinLog",
     "MemoryStore",
     "RedisStore",
     "StateStore",
@@ -65,50 +64,33 @@ class StoreRegressedError(RuntimeError):
 SEQ_KEY = SEP + SEP + "seq"
 
 
-class LoggedDict(OrderedDict[str, Any]):
-    """An OrderedDict that records puts and deletes since the last :meth:`drain`."""
+class JoinLog:
+    """Changes to one label-join buffer since the last :meth:`drain`.
+
+    ``puts`` maps event id to entry (arrival order); ``deletes`` maps partition
+    to the ids removed there that were put in an earlier drain. A delete of an
+    id put since the last drain cancels that put instead.
+    """
+
+    __slots__ = ("deletes", "puts")
 
     def __init__(self) -> None:
-        super().__init__()
-        self.puts: dict[str, Any] = {}
-        self.deletes: set[str] = set()
+        self.puts: dict[str, tuple[Any, ...]] = {}
+        self.deletes: dict[int, list[str]] = {}
 
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.puts[key] = value
-        self.deletes.discard(key)
+    def put_many(self, entries: Mapping[str, tuple[Any, ...]]) -> None:
+        self.puts.update(entries)
 
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        self._forget(key)
+    def put(self, eid: str, entry: tuple[Any, ...]) -> None:
+        self.puts[eid] = entry
 
-    def _forget(self, key: str) -> None:
-        if self.puts.pop(key, None) is None:
-            self.deletes.add(key)
+    def delete(self, eid: str, partition: int) -> None:
+        if self.puts.pop(eid, None) is None:
+            self.deletes.setdefault(partition, []).append(eid)
 
-    def pop(self, key: str, *default: Any) -> Any:
-        if key in self:
-            value = super().pop(key)
-            self._forget(key)
-            return value
-        if default:
-            return default[0]
-        raise KeyError(key)
-
-    def popitem(self, last: bool = True) -> tuple[str, Any]:
-        key, value = super().popitem(last=last)
-        self._forget(key)
-        return key, value
-
-    def load(self, entries: Mapping[str, Any]) -> None:
-        """Insert entries read from the store, without logging them."""
-        for k, v in entries.items():
-            OrderedDict.__setitem__(self, k, v)
-
-    def drain(self) -> tuple[dict[str, Any], set[str]]:
-        """The puts and deletes since the last drain (and forget them)."""
+    def drain(self) -> tuple[dict[str, tuple[Any, ...]], dict[int, list[str]]]:
         puts, deletes = self.puts, self.deletes
-        self.puts, self.deletes = {}, set()
+        self.puts, self.deletes = {}, {}
         return puts, deletes
 
 
@@ -120,10 +102,10 @@ class Commit:
     slices: dict[SliceKey, npt.NDArray[Any]] = field(default_factory=dict)
     expired: set[SliceKey] = field(default_factory=set)
     counters: dict[str, float] = field(default_factory=dict)
-    pending_puts: dict[str, str] = field(default_factory=dict)
-    pending_deletes: set[str] = field(default_factory=set)
-    orphan_puts: dict[str, str] = field(default_factory=dict)
-    orphan_deletes: set[str] = field(default_factory=set)
+    #: label-join buffer changes per topic-partition: field -> blob to write,
+    #: and fields to delete (superseded by a snapshot)
+    join_writes: dict[TP, dict[str, bytes]] = field(default_factory=dict)
+    join_drops: dict[TP, list[str]] = field(default_factory=dict)
     offsets: dict[TP, int] = field(default_factory=dict)
     #: the instance's commit sequence: the store must hold ``expect_seq`` (else
     #: StoreRegressedError) and holds ``seq`` afterwards; None skips the check
@@ -147,8 +129,8 @@ class StateStore(Protocol):
 
     async def read_global(self) -> tuple[dict[SliceKey, list[bytes]], dict[str, float]]: ...
 
-    async def join_get(self, pending_ids: Sequence[str], orphan_ids: Sequence[str]
-                       ) -> tuple[dict[str, str], dict[str, str]]: ...
+    async def load_join(self, partitions: Sequence[TP]
+                        ) -> tuple[dict[TP, dict[str, bytes]], int]: ...
 
     async def acquire_lease(self, holder: str, ttl_ms: int) -> bool: ...
 
@@ -175,8 +157,8 @@ class MemoryStore:
         self._slices: dict[str, dict[SliceKey, bytes]] = {}
         self._counters: dict[str, dict[str, float]] = {}
         self._offsets: dict[TP, int] = {}
-        self._pending: dict[str, tuple[str, float]] = {}
-        self._orphans: dict[str, tuple[str, float]] = {}
+        self._join: dict[TP, dict[str, bytes]] = {}
+        self._epoch = 0
         self._lease: tuple[str, float] | None = None
         self._claims: dict[str, str] = {}
         self.commits = 0
@@ -191,7 +173,6 @@ class MemoryStore:
         return True
 
     async def commit(self, c: Commit) -> None:
-        now = self.clock()
         ctr = self._counters.setdefault(c.instance, {})
         if c.expect_seq is not None:
             stored = int(ctr.get(SEQ_KEY, 0))
@@ -207,14 +188,11 @@ class MemoryStore:
         for key, arr in c.slices.items():
             sl[key] = pack(arr)
         self._counters.setdefault(c.instance, {}).update(c.counters)
-        for eid, v in c.pending_puts.items():
-            self._pending[eid] = (v, now + self.join_ttl_s)
-        for eid in c.pending_deletes:
-            self._pending.pop(eid, None)
-        for eid, v in c.orphan_puts.items():
-            self._orphans[eid] = (v, now + self.join_ttl_s)
-        for eid in c.orphan_deletes:
-            self._orphans.pop(eid, None)
+        for tp, names in c.join_drops.items():
+            for name in names:
+                self._join.get(tp, {}).pop(name, None)
+        for tp, fields in c.join_writes.items():
+            self._join.setdefault(tp, {}).update(fields)
         self._offsets.update(c.offsets)
         self.commits += 1
 
@@ -232,14 +210,12 @@ class MemoryStore:
                 slices.setdefault(key, []).append(blob)
         return slices, _sum_counters(self._counters.values())
 
-    async def join_get(self, pending_ids: Sequence[str], orphan_ids: Sequence[str]
-                       ) -> tuple[dict[str, str], dict[str, str]]:
-        now = self.clock()
-        out_p = {e: v for e in pending_ids
-                 if (x := self._pending.get(e)) is not None and x[1] > now for v in (x[0],)}
-        out_o = {e: v for e in orphan_ids
-                 if (x := self._orphans.get(e)) is not None and x[1] > now for v in (x[0],)}
-        return out_p, out_o
+    async def load_join(self, partitions: Sequence[TP]
+                        ) -> tuple[dict[TP, dict[str, bytes]], int]:
+        """The stored join blobs of ``partitions``, and a clock (ms) that is
+        later than every earlier answer."""
+        self._epoch = max(self._epoch + 1, int(time.time() * 1000))
+        return {tp: dict(self._join.get(tp, {})) for tp in partitions}, self._epoch
 
     async def acquire_lease(self, holder: str, ttl_ms: int) -> bool:
         now = self.clock()
@@ -288,8 +264,10 @@ class RedisStore:
     Keys (all under ``prefix``): ``{p}instances`` (set of instance ids),
     ``{p}s:{instance}`` (hash: slice key -> the instance's count array),
     ``{p}c:{instance}`` (hash: counter -> value), ``{p}offsets`` (hash:
-    ``topic/partition`` -> next offset), ``{p}jp:{event_id}`` and
-    ``{p}jo:{event_id}`` (join buffer entries with a TTL), ``{p}lease``.
+    ``topic/partition`` -> next offset), ``{p}j:{topic}:{partition}`` (hash:
+    the label-join buffer of one partition as blobs of changes and snapshots,
+    see :meth:`monitor.engine.Engine.delta`; the key's TTL is refreshed on
+    every write and lets an abandoned partition's buffer go), ``{p}lease``.
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "driftgate:",
@@ -299,6 +277,9 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self.join_ttl_ms = int(join_ttl_s * 1000)
+        # entries leave the buffer by event time (the engine deletes them); the
+        # key TTL only bounds the life of a partition nobody writes any more
+        self.join_key_ttl_ms = 2 * self.join_ttl_ms + 3_600_000
         self._password = password
         self._username = username
         self._ssl_ca_file = ssl_ca_file
@@ -401,17 +382,18 @@ class RedisStore:
             pipe.hset(self._k("c", c.instance), mapping={k: repr(float(v))
                                                        for k, v in counters.items()})
             n += 1
-        for eid, v in c.pending_puts.items():
-            pipe.set(self._k("jp", eid), v, px=self.join_ttl_ms)
-            self.bytes_written += len(v) + len(eid)
-        for eid, v in c.orphan_puts.items():
-            pipe.set(self._k("jo", eid), v, px=self.join_ttl_ms)
-        n += len(c.pending_puts) + len(c.orphan_puts)
-        dels = [self._k("jp", e) for e in c.pending_deletes] + [
-            self._k("jo", e) for e in c.orphan_deletes]
-        if dels:
-            pipe.delete(*dels)
-            n += 1
+        for tp in sorted(c.join_writes.keys() | c.join_drops.keys()):
+            key = self._k("j", tp[0], str(tp[1]))
+            drops = c.join_drops.get(tp)
+            if drops:
+                pipe.hdel(key, *drops)
+                n += 1
+            fields = c.join_writes.get(tp)
+            if fields:
+                pipe.hset(key, mapping=fields)
+                pipe.pexpire(key, self.join_key_ttl_ms)
+                self.bytes_written += sum(len(v) for v in fields.values())
+                n += 2
         if c.offsets:
             pipe.hset(self._k("offsets"), mapping={f"{t}/{p}": str(o)
                                                    for (t, p), o in c.offsets.items()})
@@ -456,18 +438,22 @@ class RedisStore:
             counters.append({_s(k): float(v) for k, v in raw[2 * i + 1].items()})
         return slices, _sum_counters(counters)
 
-    async def join_get(self, pending_ids: Sequence[str], orphan_ids: Sequence[str]
-                       ) -> tuple[dict[str, str], dict[str, str]]:
-        keys = [self._k("jp", e) for e in pending_ids] + [self._k("jo", e) for e in orphan_ids]
-        if not keys:
-            return {}, {}
-        values = await self._run(self._client.mget(keys))
-        self.commands += 1
+    async def load_join(self, partitions: Sequence[TP]
+                        ) -> tuple[dict[TP, dict[str, bytes]], int]:
+        """The stored join blobs of ``partitions`` (one pipelined round trip),
+        and the Redis clock in ms (orders this instance's next writes after
+        every stored field)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.time()
+        for t, p in partitions:
+            pipe.hgetall(self._k("j", t, str(p)))
+        raw = await self._run(pipe.execute())
+        self.commands += 1 + len(partitions)
         self.round_trips += 1
-        n = len(pending_ids)
-        pend = {e: _s(v) for e, v in zip(pending_ids, values[:n], strict=True) if v is not None}
-        orph = {e: _s(v) for e, v in zip(orphan_ids, values[n:], strict=True) if v is not None}
-        return pend, orph
+        secs, micros = raw[0]
+        out = {tp: {_s(k): bytes(v) for k, v in fields.items()}
+               for tp, fields in zip(partitions, raw[1:], strict=True)}
+        return out, int(secs) * 1000 + int(micros) // 1000
 
     async def acquire_lease(self, holder: str, ttl_ms: int) -> bool:
         got = await self._run(self._renew(keys=[self._k("lease")], args=[holder, ttl_ms]))

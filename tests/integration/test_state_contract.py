@@ -24,6 +24,15 @@ pytestmark = pytest.mark.integration
 TTL = 0.6
 
 
+def _entries(buf: Any) -> dict[int, list[tuple[str, str]]]:
+    """A join buffer's entries per partition, in arrival order (comparable with
+    NaN amounts inside)."""
+    out: dict[int, list[tuple[str, str]]] = {}
+    for eid, entry in buf.items():
+        out.setdefault(entry[-1], []).append((eid, repr(entry)))
+    return out
+
+
 class _Clock:
     def __init__(self) -> None:
         self.t = 1000.0
@@ -103,15 +112,23 @@ async def test_global_read_sums_instances(store: tuple[StateStore, Any]) -> None
     assert counters[wm] == 100.0
 
 
-async def test_join_buffer_puts_deletes_and_ttl(store: tuple[StateStore, Any]) -> None:
-    s, later = store
-    await s.commit(Commit("a", pending_puts={"e1": "x", "e2": "y"}, orphan_puts={"o1": "z"}))
-    assert await s.join_get(["e1", "e2", "e3"], ["o1", "o2"]) == ({"e1": "x", "e2": "y"},
-                                                                  {"o1": "z"})
-    await s.commit(Commit("a", pending_deletes={"e1"}, orphan_deletes={"o1"}))
-    assert await s.join_get(["e1", "e2"], ["o1"]) == ({"e2": "y"}, {})
-    await later(TTL + 0.4)
-    assert await s.join_get(["e2"], []) == ({}, {})
+async def test_join_blobs_are_written_dropped_and_loaded_per_partition(
+        store: tuple[StateStore, Any]) -> None:
+    s, _ = store
+    blobs, first_epoch = await s.load_join([("p", 0)])
+    assert blobs == {("p", 0): {}}
+    await s.commit(Commit("a", join_writes={("p", 0): {"1.1.d": b"x", "1.2.d": b"y"},
+                                            ("l", 0): {"1.3.d": b"z"}}))
+    await s.commit(Commit("b", join_writes={("p", 1): {"2.1.d": b"w"}}))
+    blobs, epoch = await s.load_join([("p", 0), ("l", 0), ("p", 1), ("p", 2)])
+    assert blobs == {("p", 0): {"1.1.d": b"x", "1.2.d": b"y"}, ("l", 0): {"1.3.d": b"z"},
+                     ("p", 1): {"2.1.d": b"w"}, ("p", 2): {}}
+    assert epoch > first_epoch
+    # a snapshot replaces the blobs it supersedes, in the same commit
+    await s.commit(Commit("a", join_writes={("p", 0): {"1.4.s": b"snap"}},
+                          join_drops={("p", 0): ["1.1.d", "1.2.d"]}))
+    blobs, _ = await s.load_join([("p", 0)])
+    assert blobs == {("p", 0): {"1.4.s": b"snap"}}
 
 
 async def test_lease_is_held_by_one_holder_until_it_lapses(
@@ -150,16 +167,18 @@ async def test_engine_state_survives_a_restart_through_the_store(
              for i, p in enumerate(batch.predictions)]
     labels = [RawRecord("l", 0, i, json.dumps(x).encode()) for i, x in enumerate(batch.labels)]
     first = Engine(settings, ref)
+    first.track_join_changes()
+    tps = [(settings.kafka.predictions_topic, 0), (settings.kafka.labels_topic, 0)]
+    first.load_join_state(*await s.load_join(tps))
     # process in 6 batches, committing each through the store like the service does
     for i in range(6):
         decoded = codec.decode(preds[i * 500:(i + 1) * 500], labels[i * 400:(i + 1) * 400])
-        first.load_join(*await s.join_get(*first.join_keys(decoded)))
         first.process(decoded)
         c = first.delta("inst")
         c.offsets = {("p", 0): (i + 1) * 500}
         await s.commit(c)
-        first.forget_join_cache()
     second = Engine(settings, ref)
+    second.track_join_changes()
     second.restore(*await s.load_instance("inst"))
     for key, st in first.versions.items():
         other = second.versions[key]
@@ -172,12 +191,56 @@ async def test_engine_state_survives_a_restart_through_the_store(
         assert other.confusion_total == st.confusion_total
     assert second.labels_total == first.labels_total
     assert second.watermark == first.watermark
-    # the remaining labels join against predictions that live only in the store
+    # the join buffer is taken over from the store, entry for entry
+    loaded = second.load_join_state(*await s.load_join(tps))
+    assert loaded == first.pending_predictions + first.pending_labels > 0
+    assert _entries(second._pending) == _entries(first._pending)
+    assert _entries(second._orphans) == _entries(first._orphans)
+    # the remaining labels join against predictions that came from the store
     rest = codec.decode([], labels[2400:])
-    second.load_join(*await s.join_get(*second.join_keys(rest)))
     second.process(rest)
     joined = sum(st.labels_joined_total for st in second.versions.values())
     assert joined == 3000
+
+
+async def test_join_snapshots_keep_the_stored_log_bounded(
+        store: tuple[StateStore, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitor.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "_SNAPSHOT_MIN_BYTES", 2_000)
+    s, _ = store
+    ref = fit_reference()
+    (tmp_path / "r.json").write_text(ref.to_json())
+    settings = load_settings(write_config(tmp_path / "c.yaml",
+                                          reference={"path": str(tmp_path / "r.json")},
+                                          join={"ttl_seconds": 2}))
+    gen = TrafficGenerator(seed=9, canary_share=0.3)
+    batch = gen.generate(4000, 1_700_000_000.0, 50.0)
+    codec = EventCodec(settings)
+    preds = [RawRecord("p", i % 3, i, json.dumps(p).encode())
+             for i, p in enumerate(batch.predictions)]
+    labels = [RawRecord("l", i % 2, i, json.dumps(x).encode())
+              for i, x in enumerate(batch.labels)]
+    tps = [(t, p) for t in (settings.kafka.predictions_topic, settings.kafka.labels_topic)
+           for p in range(3)]
+    first = Engine(settings, ref)
+    first.track_join_changes()
+    first.load_join_state(*await s.load_join(tps))
+    fields_seen = []
+    for i in range(40):
+        first.process(codec.decode(preds[i * 100:(i + 1) * 100], labels[i * 80:(i + 1) * 80]))
+        await s.commit(first.delta("inst"))
+        blobs, _ = await s.load_join(tps)
+        fields_seen.append(sum(len(f) for f in blobs.values()))
+        check = Engine(settings, ref)
+        check.load_join_state(blobs, 0)
+        # after every commit the store holds exactly the local buffers
+        assert _entries(check._pending) == _entries(first._pending)
+        assert _entries(check._orphans) == _entries(first._orphans)
+    assert first.evictions["ttl"] > 0  # entries also left by event-time expiry
+    snapshots = sum(1 for f in blobs.values() for name in f if name.endswith(".s"))
+    assert snapshots >= 1
+    assert max(fields_seen) < 40  # replaced by snapshots, not one blob per batch forever
 
 
 async def test_commit_sequence_detects_a_store_that_lost_commits(

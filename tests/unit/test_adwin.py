@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detectors import ADWINResult, BatchADWIN
 
@@ -125,3 +127,38 @@ def test_bad_values_are_refused() -> None:
     with pytest.raises(ValueError, match=r"values must be finite, got array\(\[nan, inf\]\)"):
         det.update([1.0, math.nan, 2.0, math.inf])
     assert det.n_seen == 0  # nothing was fed
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shifts=st.lists(st.floats(-3, 3), min_size=1, max_size=4),
+       binary=st.booleans(), sizes=st.lists(st.integers(1, 700), min_size=1, max_size=6))
+def test_same_detections_and_state_as_rivers_own_update_loop(
+        seed: int, shifts: list[float], binary: bool, sizes: list[int]) -> None:
+    # the batch update drives river's compiled helper directly; it must match
+    # river's public ADWIN.update(x) value by value, resets after detections included
+    from river.drift import ADWIN
+
+    rng = np.random.default_rng(seed)
+    parts = [rng.normal(s, 1.0, 400) for s in [0.0, *shifts]]
+    values = np.concatenate(parts)
+    if binary:
+        values = (values > 0.5).astype(np.float64)
+    ours = BatchADWIN()
+    positions: list[int] = []
+    start = 0
+    chunks = [*sizes, values.size]
+    for size in chunks:
+        chunk = values[start:start + size]
+        positions += (ours.update(chunk).change_positions + start).tolist()
+        start += chunk.size
+        if start >= values.size:
+            break
+    river = ADWIN()
+    expected = []
+    for i, x in enumerate(values.tolist()):
+        river.update(x)
+        if river.drift_detected:
+            expected.append(i)
+    assert positions == expected
+    assert ours.width == river.width
+    assert ours.mean == pytest.approx(river.estimation)
