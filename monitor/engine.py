@@ -189,10 +189,10 @@ class Engine:
         self.watermark = -math.inf
         # join buffers, in arrival order: event_id ->
         # (version key, slice id, decision, amount, event time, partition)
-        self._pending: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._pending: OrderedDict[str, Any] = OrderedDict()
         # labels that arrived before their prediction: event_id ->
         # (label, amount, event time or watermark, partition)
-        self._orphans: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._orphans: OrderedDict[str, Any] = OrderedDict()
         # with a shared state store: changes to persist, and the stored blobs
         self._pending_log: JoinLog | None = None
         self._orphan_log: JoinLog | None = None
