@@ -181,12 +181,21 @@ class KafkaSource:
                 source.rebalances += 1
                 tps = [(tp.topic, tp.partition) for tp in assigned]
                 source._assigned = set(tps)
-                if source._on_assign is not None:
-                    seek = await source._on_assign(tps)
-                    for tp in assigned:
-                        key = (tp.topic, tp.partition)
-                        if seek and key in seek:
-                            source._consumer.seek(tp, seek[key])
+                consumer = source._consumer
+                # aiokafka starts fetching from the group's committed offsets while
+                # this callback runs, and a getmany() already waiting could return
+                # those records: keep the partitions paused (fetched records are
+                # then discarded, positions untouched) until they are sought
+                consumer.pause(*assigned)
+                try:
+                    if source._on_assign is not None:
+                        seek = await source._on_assign(tps)
+                        for tp in assigned:
+                            key = (tp.topic, tp.partition)
+                            if seek and key in seek:
+                                consumer.seek(tp, seek[key])
+                finally:
+                    consumer.resume(*assigned)
                 log.info("partitions assigned", partitions=sorted(tps))
 
         cfg = self.cfg
