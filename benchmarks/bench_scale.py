@@ -25,10 +25,12 @@ them inside one batch, never touching the buffer. So the benchmark's source
 (:class:`LaggedKafkaSource`, a KafkaSource) pauses each label partition while
 it is less than ``LABEL_LAG`` records behind its prediction partition
 (``LABEL_LAG`` = 2 x ``max_poll_records``: a label never shares a batch with
-its prediction). Every prediction therefore goes through the Redis buffer
-(one ``SET jp:{id} PX ttl``), every label reads it back (``MGET``) and deletes
-it (one ``DEL`` per batch); ``pending_puts`` / ``predictions`` in the result
-shows this. The same source is used in (a), so the ratios compare like with like.
+its prediction). Every prediction therefore waits in the join buffer, and with
+RedisStore is persisted there: each batch's join changes go, per partition, as
+one blob into the partition's hash ``{prefix}j:{topic}:{partition}`` inside the
+batch's MULTI/EXEC (and a snapshot replaces the blobs once they outgrow it);
+``join_buffer`` in the result counts them. The same source is used in (a), so
+the ratios compare like with like.
 
 Measured per run: records/s (predictions + labels) and predictions/s from the
 first batch to the last (group join excluded, reported separately); the time
@@ -38,19 +40,15 @@ and Kafka commit; RedisStore's own counters (``commands``, ``round_trips``,
 ``INFO commandstats`` / ``total_commands_processed`` deltas (the harness's own
 INFO/SCAN/MEMORY calls are left out by command name); wire bytes
 (``total_net_input_bytes``), AOF growth and Redis CPU per record. In (b), when
-the last prediction is in, the pending buffer is sampled (``SCAN`` +
-``MEMORY USAGE``/``STRLEN``/``PTTL`` of up to 2,000 ``{prefix}jp:*`` keys, and
-``used_memory`` growth over the number of pending keys); the sampling pause is
-left out of the span. (a) and (b) run twice (fresh groups) and the faster run
-is reported; besides wall-clock rates, this process's CPU time over the span is
-reported (steadier on a shared machine). Every run's per-version counts
-(predictions, labels joined, tp/fp/fn/tn; engines and, for Redis runs, the
-counters stored in Redis) are checked against the first (a) run's.
-
-An experiment, not driftgate as it is: (b) once more with
-:class:`ScriptedRedisStore`, whose commit (sequence check and every write) is
-one Lua call instead of WATCH + HGET + MULTI/EXEC with one queued SET per
-pending prediction. If (b)/(a) misses its target, (b) is run once more under
+the last prediction is in, the pending buffer is sampled (``MEMORY USAGE`` with
+``SAMPLES 0`` of every ``{prefix}j:{predictions topic}:*`` hash, over the
+pending predictions the engines hold, and ``used_memory`` growth over the same
+count); the sampling pause is left out of the span. (a) and (b) run twice
+(fresh groups) and the faster run is reported; besides wall-clock rates, this
+process's CPU time over the span is reported (steadier on a shared machine).
+Every run's per-version counts (predictions, labels joined, tp/fp/fn/tn;
+engines and, for Redis runs, the counters stored in Redis) are checked against
+the first (a) run's. If (b)/(a) misses its target, (b) is run once more under
 cProfile and the top costs are reported (``profile``).
 
 Run ``python -m benchmarks.bench_scale [--quick]`` from the project root: one
@@ -90,7 +88,7 @@ from monitor.reports import attach_sample
 from monitor.runner import make_store
 from monitor.service import Service
 from monitor.sources import KafkaSource, MemoryDeadLetterSink, SourceBatch
-from monitor.state import SEQ_KEY, Commit, RedisStore, StoreRegressedError, pack
+from monitor.state import RedisStore
 from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
 
 __all__ = ["run"]
@@ -121,8 +119,8 @@ REPEATS = 2  # runs of (a) and (b); the faster is reported
 PROFILE_TOP = 15
 # commands only the harness sends (left out of the server-side counts by name;
 # driftgate never sends them)
-HARNESS_COMMANDS = frozenset({"info", "scan", "memory|usage", "strlen", "pttl", "dbsize",
-                              "flushall", "object|encoding"})
+HARNESS_COMMANDS = frozenset({"info", "scan", "memory|usage", "hlen", "pttl", "dbsize",
+                              "flushall"})
 
 
 _log = stderr_log("bench_scale")
@@ -233,158 +231,47 @@ def redis_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def sample_pending(r: Any, prefix: str, baseline_used_memory: int,
-                   pending_tracked: int) -> dict[str, Any]:
-    """Per-key cost of the pending-prediction buffer (``{prefix}jp:*``)."""
+def sample_pending(r: Any, prefix: str, predictions_topic: str, baseline_used_memory: int,
+                   pending_predictions: int) -> dict[str, Any]:
+    """Bytes the pending-prediction buffer takes in Redis: the partitions' join
+    hashes (``{prefix}j:{predictions_topic}:*``) over the pending predictions."""
     t0 = time.perf_counter()
     keys: list[bytes] = []
-    scanned = 0
     cursor = 0
     scans = 0
     while True:
-        cursor, found = r.scan(cursor, match=f"{prefix}jp:*", count=10_000)
+        cursor, found = r.scan(cursor, match=f"{prefix}j:{predictions_topic}:*", count=1_000)
         scans += 1
-        scanned += len(found)
-        if len(keys) < MEMORY_SAMPLE_KEYS:
-            keys.extend(found[:MEMORY_SAMPLE_KEYS - len(keys)])
+        keys.extend(found)
         if cursor == 0:
             break
     pipe = r.pipeline(transaction=False)
     for k in keys:
         pipe.memory_usage(k, samples=0)
-        pipe.strlen(k)
+        pipe.hlen(k)
         pipe.pttl(k)
     raw = pipe.execute()
     usage = [int(x) for x in raw[0::3] if x is not None]
-    vlen = [int(x) for x in raw[1::3]]
+    fields = [int(x) for x in raw[1::3]]
     pttl = [int(x) for x in raw[2::3]]
-    encoding = r.object("encoding", keys[0]) if keys else None
     used = int(r.info("memory")["used_memory"])
-    dbsize = int(r.dbsize())
-    key_len = [len(k) for k in keys]
-    usage_mean = statistics.fmean(usage) if usage else math.nan
-    harness_cmds = scans + 3 * len(keys) + 3  # + OBJECT, INFO, DBSIZE
+    total = sum(usage)
+    per = total / pending_predictions if pending_predictions else math.nan
     return {
-        "pending_keys_scanned": scanned,
-        "pending_keys_tracked_from_commits": pending_tracked,
-        "dbsize": dbsize,
-        "sampled_keys": len(keys),
-        "memory_usage_bytes_mean": usage_mean,
-        "memory_usage_bytes_min": min(usage) if usage else None,
-        "memory_usage_bytes_max": max(usage) if usage else None,
-        "value_bytes_mean": statistics.fmean(vlen) if vlen else math.nan,
-        "key_bytes_mean": statistics.fmean(key_len) if key_len else math.nan,
-        "value_encoding": encoding.decode() if isinstance(encoding, bytes) else encoding,
+        "join_hashes": len(keys),
+        "join_hash_fields": sum(fields),
+        "join_hash_bytes": total,
+        "pending_predictions": pending_predictions,
         "pttl_ms_min": min(pttl) if pttl else None,
-        "pttl_ms_max": max(pttl) if pttl else None,
         "used_memory_growth_bytes": used - baseline_used_memory,
-        "used_memory_growth_per_pending_key": (used - baseline_used_memory) / scanned
-        if scanned else math.nan,
-        "bytes_per_pending_prediction": usage_mean,
+        "used_memory_growth_per_pending_prediction": (used - baseline_used_memory)
+        / pending_predictions if pending_predictions else math.nan,
+        "bytes_per_pending_prediction": per,
         "target_bytes": TARGET_BYTES_PER_PENDING,
-        "meets_target": bool(usage_mean <= TARGET_BYTES_PER_PENDING),
+        "meets_target": bool(per <= TARGET_BYTES_PER_PENDING),
         "sampling_pause_s": time.perf_counter() - t0,
-        "harness_commands": harness_cmds,
+        "harness_commands": scans + 3 * len(keys) + 1,
     }
-
-
-# --------------------------------------------------------------------------- experiment
-
-# One atomic step as a single Lua call: the sequence check and every write of a
-# commit in one command, one reply (instead of WATCH + HGET + MULTI + one queued
-# command per pending prediction + EXEC, each read back by redis-py). Join keys are
-# built inside the script from prefixes, so this is for a single Redis primary
-# (as is the MULTI/EXEC commit: its keys span hash slots too).
-_COMMIT_LUA = """
--- ARGV: seq field, expected seq ('' = no check), new seq, ttl ms, instance, then
--- sections, each its length first: expired slice fields, slice field/blob pairs,
--- counter field/value pairs, join key/value pairs (SET PX), keys to delete,
--- offset field/value pairs
-local i = 6
-local function section()
-  local n = tonumber(ARGV[i])
-  local s = i + 1
-  i = s + n
-  return s, n
-end
-if ARGV[2] ~= '' then
-  local stored = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-  if stored == tonumber(ARGV[3]) then return {0, stored} end
-  if stored ~= tonumber(ARGV[2]) then return {-1, stored} end
-end
-local ttl = ARGV[4]
-redis.call('SADD', KEYS[3], ARGV[5])
-local s, n = section()
-for j = s, s + n - 1 do redis.call('HDEL', KEYS[2], ARGV[j]) end
-s, n = section()
-for j = s, s + n - 2, 2 do redis.call('HSET', KEYS[2], ARGV[j], ARGV[j + 1]) end
-s, n = section()
-for j = s, s + n - 2, 2 do redis.call('HSET', KEYS[1], ARGV[j], ARGV[j + 1]) end
-s, n = section()
-for j = s, s + n - 2, 2 do redis.call('SET', ARGV[j], ARGV[j + 1], 'PX', ttl) end
-s, n = section()
-for j = s, s + n - 1, 500 do
-  redis.call('DEL', unpack(ARGV, j, math.min(j + 499, s + n - 1)))
-end
-s, n = section()
-for j = s, s + n - 2, 2 do redis.call('HSET', KEYS[4], ARGV[j], ARGV[j + 1]) end
-return {1, 0}
-"""
-
-
-class ScriptedRedisStore(RedisStore):
-    """EXPERIMENT (a proposed patch, not what driftgate does): commit in one Lua call.
-
-    Same keys, values, TTLs and sequence check as :meth:`RedisStore.commit`;
-    one command and one round trip per commit.
-    """
-
-    async def start(self) -> None:
-        await super().start()
-        self._commit_script = self._client.register_script(_COMMIT_LUA)
-
-    async def commit(self, c: Commit) -> None:
-        from monitor.state import _slice_field
-
-        args: list[Any] = [SEQ_KEY, "" if c.expect_seq is None else str(c.expect_seq),
-                           "" if c.seq is None else str(c.seq), str(self.join_ttl_ms),
-                           c.instance]
-        exp = [_slice_field(k) for k in c.expired]
-        args += [str(len(exp)), *exp]
-        sl: list[Any] = []
-        for k, a in c.slices.items():
-            blob = pack(a)
-            self.bytes_written += len(blob)
-            sl += [_slice_field(k), blob]
-        args += [str(len(sl)), *sl]
-        counters = dict(c.counters)
-        if c.seq is not None:
-            counters[SEQ_KEY] = float(c.seq)
-        ct: list[Any] = []
-        for name, value in counters.items():
-            ct += [name, repr(float(value))]
-        args += [str(len(ct)), *ct]
-        puts: list[Any] = []
-        jp, jo = self._k("jp", ""), self._k("jo", "")
-        for eid, val in c.pending_puts.items():
-            puts += [jp + eid, val]
-            self.bytes_written += len(val) + len(eid)
-        for eid, val in c.orphan_puts.items():
-            puts += [jo + eid, val]
-        args += [str(len(puts)), *puts]
-        dels = [jp + e for e in c.pending_deletes] + [jo + e for e in c.orphan_deletes]
-        args += [str(len(dels)), *dels]
-        offs: list[Any] = []
-        for (t, p), o in c.offsets.items():
-            offs += [f"{t}/{p}", str(o)]
-        args += [str(len(offs)), *offs]
-        keys = [self._k("c", c.instance), self._k("s", c.instance), self._k("instances"),
-                self._k("offsets")]
-        code, stored = await self._run(self._commit_script(keys=keys, args=args))
-        self.commands += 1
-        self.round_trips += 1
-        if int(code) < 0:
-            raise StoreRegressedError(int(stored), c.expect_seq or 0)
 
 
 # --------------------------------------------------------------------------- source
@@ -519,12 +406,12 @@ class TimedService(Service):
         self.batch_predictions = 0
         self.tick_s: list[float] = []
         self.stage_s: dict[str, float] = {"decode": 0.0, "engine_process": 0.0,
-                                          "engine_delta": 0.0, "store_join_get": 0.0,
+                                          "engine_delta": 0.0,
                                           "store_commit": 0.0, "kafka_commit": 0.0}
-        self.pending_puts = 0
-        self.pending_deletes = 0
-        self.orphan_puts = 0
-        self.orphan_deletes = 0
+        self.join_blobs = 0
+        self.join_snapshots = 0
+        self.join_blob_bytes = 0
+        self.join_fields_dropped = 0
         self._wrap()
 
     def _wrap(self) -> None:
@@ -555,15 +442,15 @@ class TimedService(Service):
         setattr(self.source, "commit", timed_async(self.source.commit, "kafka_commit"))  # noqa: B010
         store = self.store
         if store is not None:
-            setattr(store, "join_get", timed_async(store.join_get, "store_join_get"))  # noqa: B010
             raw_commit = timed_async(store.commit, "store_commit")
 
             async def commit(c: Any) -> None:
                 await raw_commit(c)
-                self.pending_puts += len(c.pending_puts)
-                self.pending_deletes += len(c.pending_deletes)
-                self.orphan_puts += len(c.orphan_puts)
-                self.orphan_deletes += len(c.orphan_deletes)
+                for fields in c.join_writes.values():
+                    self.join_blobs += len(fields)
+                    self.join_snapshots += sum(1 for f in fields if f.endswith(".s"))
+                    self.join_blob_bytes += sum(len(b) for b in fields.values())
+                self.join_fields_dropped += sum(len(d) for d in c.join_drops.values())
 
             setattr(store, "commit", commit)  # noqa: B010
 
@@ -631,8 +518,7 @@ class Ctx:
 
 async def run_phase(ctx: Ctx, label: str, instances: int, use_redis: bool,
                     n_predictions: int | None = None, sample_memory: bool = False,
-                    profile: cProfile.Profile | None = None,
-                    scripted_commit: bool = False) -> dict[str, Any]:
+                    profile: cProfile.Profile | None = None) -> dict[str, Any]:
     """Run ``instances`` Services in one group until every event is applied."""
     n_pred = ctx.n if n_predictions is None else n_predictions
     n_lab = ctx.n if n_predictions is None else 0
@@ -655,22 +541,18 @@ async def run_phase(ctx: Ctx, label: str, instances: int, use_redis: bool,
                   "instance_id": f"bench-{label}-{i}"} if use_redis and ctx.redis else None)
         settings = phase_settings(ctx.bootstrap, ctx.topics, group, ctx.ref_path, state)
         store = make_store(settings)
-        if scripted_commit and store is not None:
-            st = settings.state
-            store = ScriptedRedisStore(st.redis_url, prefix=st.key_prefix,
-                                       join_ttl_s=settings.join.ttl_seconds)
         source = LaggedKafkaSource(settings.kafka, ctx.pred_end, LABEL_LAG)
         svc = TimedService(settings, source, MemoryDeadLetterSink(), ctx.reference,
                            store=store, instance_id=settings.state.instance_id,
                            progress=progress)
         if store is not None:
-            source.set_assign_hook(svc.seek_offsets)
+            svc.wire_rebalance_hooks(source)
             assert isinstance(store, RedisStore)
             stores.append(store)
         services.append(svc)
 
     def tracked_pending() -> int:
-        return sum(s.pending_puts - s.pending_deletes for s in services)
+        return sum(s.engine.pending_predictions for s in services if s.engine is not None)
 
     if sample_memory and use_redis:
         assert before is not None
@@ -678,7 +560,8 @@ async def run_phase(ctx: Ctx, label: str, instances: int, use_redis: bool,
         def on_predictions_done() -> float:
             nonlocal pending_info
             assert before is not None
-            pending_info = sample_pending(r, prefix, before["used_memory"], tracked_pending())
+            pending_info = sample_pending(r, prefix, ctx.topics["predictions_topic"],
+                                          before["used_memory"], tracked_pending())
             return float(pending_info["sampling_pause_s"])
 
         progress.on_predictions_done = on_predictions_done
@@ -777,13 +660,13 @@ async def run_phase(ctx: Ctx, label: str, instances: int, use_redis: bool,
         delta = redis_delta(before, after)
         k = 1000.0 / records
         kp = 1000.0 / preds
-        pp = sum(s.pending_puts for s in services)
         out["join_buffer"] = {
-            "pending_puts": pp,
-            "pending_deletes": sum(s.pending_deletes for s in services),
-            "orphan_puts": sum(s.orphan_puts for s in services),
-            "orphan_deletes": sum(s.orphan_deletes for s in services),
-            "share_of_predictions_through_redis": pp / preds if preds else math.nan,
+            "blobs_written": sum(s.join_blobs for s in services),
+            "snapshots_written": sum(s.join_snapshots for s in services),
+            "blob_bytes_written": sum(s.join_blob_bytes for s in services),
+            "blob_bytes_per_prediction": sum(s.join_blob_bytes for s in services) / preds
+            if preds else math.nan,
+            "fields_dropped": sum(s.join_fields_dropped for s in services),
         }
         out["redis"] = {
             "store_commands": store_counts["commands"],
@@ -969,8 +852,6 @@ async def _run(quick: bool) -> dict[str, Any]:
                 if rep == 0:
                     runs_c.append(await run_phase(ctx, "c", 2, use_redis=True))
                     _log(_brief("c", runs_c[-1]))
-            b_lua = await run_phase(ctx, "x", 1, use_redis=True, scripted_commit=True)
-            _log(_brief("b, Lua-commit experiment", b_lua))
             a, b, c = _best(runs_a), _best(runs_b), _best(runs_c)
             b_over_a = b["records_per_s"] / a["records_per_s"]
             c_over_a = c["records_per_s"] / a["records_per_s"]
@@ -979,8 +860,7 @@ async def _run(quick: bool) -> dict[str, Any]:
             counts_exact = {
                 name: all(r["counts"] == expected and r.get("counts_in_redis", expected)
                           == expected for r in runs)
-                for name, runs in (("a", runs_a), ("b", runs_b), ("c", runs_c),
-                                   ("b_experiment_lua_commit", [b_lua]))}
+                for name, runs in (("a", runs_a), ("b", runs_b), ("c", runs_c))}
             targets = {"b_over_a_ge_0.7": b_over_a >= TARGET_B_OVER_A,
                        "bytes_per_pending_prediction_le_200":
                            bool(pending.get("meets_target", False))}
@@ -1021,15 +901,11 @@ async def _run(quick: bool) -> dict[str, Any]:
         "a_memory_1_instance": a,
         "b_redis_1_instance": b,
         "c_redis_2_instances_in_process": c,
-        "b_experiment_lua_commit": b_lua,
         "ratio_b_over_a": b_over_a,
-        "ratio_b_experiment_lua_commit_over_a": b_lua["records_per_s"] / a["records_per_s"],
         "ratio_c_over_a": c_over_a,
         "ratio_c_over_b": c["records_per_s"] / b["records_per_s"],
         "ratio_b_over_a_cpu": b["records_per_cpu_s"] / a["records_per_cpu_s"],
         "ratio_c_over_a_cpu": c["records_per_cpu_s"] / a["records_per_cpu_s"],
-        "ratio_b_experiment_lua_commit_over_a_cpu": b_lua["records_per_cpu_s"]
-        / a["records_per_cpu_s"],
         "bytes_per_pending_prediction": pending.get("bytes_per_pending_prediction"),
         "redis_commands_per_1000_records": b["redis"]["commands_per_1000_records"],
         "redis_round_trips_per_1000_records": b["redis"]["round_trips_per_1000_records"],
@@ -1048,28 +924,25 @@ async def _run(quick: bool) -> dict[str, Any]:
             "shared machine than the wall-clock rates",
             "label_lag": "label partitions are paused while fewer than "
             "label_lag_records_per_partition records behind their prediction partition: a "
-            "label never shares a batch with its prediction, so every prediction is written "
-            "to the Redis join buffer (join_buffer.share_of_predictions_through_redis)",
+            "label never shares a batch with its prediction, so every prediction waits in "
+            "the join buffer (persisted to Redis in (b) and (c))",
             "store_counters": "RedisStore.commands/round_trips/bytes_written summed over the "
             "phase's stores at the moment every event was applied (includes the group join "
-            "period's evaluator ticks); bytes_written counts slice arrays and pending values "
-            "+ event ids, not keys, counters, offsets or protocol framing (see "
+            "period's evaluator ticks); bytes_written counts slice arrays and join blobs, "
+            "not keys, counters, offsets or protocol framing (see "
             "server.net_input_bytes_per_record for the wire)",
             "server": "INFO deltas from phase start to the same moment: commandstats calls "
             "and total_commands_processed, harness commands (info/scan/memory/strlen/pttl/"
             "object/dbsize/flushall) left out; cpu = used_cpu_user + used_cpu_sys of "
             "redis-server; aof_bytes = aof_current_size growth (appendfsync everysec)",
             "pending_buffer": "sampled in (b) when the last prediction was applied: MEMORY "
-            "USAGE (SAMPLES 0) of up to 2000 {prefix}jp:* keys; used_memory growth since the "
-            "phase start over the pending key count includes the expires-dict entry, the "
-            "slice hashes and allocator overhead",
+            "USAGE (SAMPLES 0) of every {prefix}j:{predictions topic}:{partition} hash over "
+            "the pending predictions the engine holds; used_memory growth since the phase "
+            "start over the same count includes the slice and counter hashes, the labels' "
+            "join hashes and allocator overhead",
             "c_in_process": "(c) runs two Service objects in this process: one Python thread "
             "for both, so it measures coordination cost, not parallel speed-up; the machine "
             "has cpu_count cores shared with the broker and redis-server",
-            "b_experiment_lua_commit": "an experiment, not driftgate as it is: (b) once more "
-            "with ScriptedRedisStore, a RedisStore whose commit (sequence check + every "
-            "write) is one Lua call (EVALSHA) instead of WATCH + HGET + MULTI/EXEC with one "
-            "queued SET per pending prediction; same keys, values, TTLs and checks",
             "redis_py_parser": "hiredis when importable (not a driftgate dependency), else "
             "redis-py's pure-Python RESP parser",
             "counts_equal_across_runs": "per version: predictions, labels joined, tp, fp, "

@@ -188,8 +188,10 @@ class Engine:
         }
         self.watermark = -math.inf
         # join buffers, in arrival order: event_id ->
-        # (version key, slice id, decision, amount, event time, partition)
+        # (version index into _vkeys, slice id, decision, amount, event time, partition)
         self._pending: OrderedDict[str, Any] = OrderedDict()
+        self._vkeys: list[tuple[str, str]] = []
+        self._vindex: dict[tuple[str, str], int] = {}
         # labels that arrived before their prediction: event_id ->
         # (label, amount, event time or watermark, partition)
         self._orphans: OrderedDict[str, Any] = OrderedDict()
@@ -376,9 +378,9 @@ class Engine:
         pending = self._pending
         orphans = self._orphans
         ids = cols.event_id
-        keys = list(group_of)
+        vidx = [self._version_index(k) for k in group_of]
         part = cols.partition.tolist() if cols.partition.size == n else [0] * n
-        entries = zip(map(keys.__getitem__, inverse.tolist()), sids.tolist(),
+        entries = zip(map(vidx.__getitem__, inverse.tolist()), sids.tolist(),
                       cols.decision.tolist(), cols.amount.tolist(), cols.ts.tolist(), part,
                       strict=True)
         idset = set(ids)
@@ -390,7 +392,7 @@ class Engine:
                 new = dict(zip(ids, entries, strict=True))
             else:
                 new = {}
-                joined: list[tuple[tuple[str, str], int, bool, float, int, float]] = []
+                joined: list[tuple[int, int, bool, float, int, float]] = []
                 for eid, entry in zip(ids, entries, strict=True):
                     if eid in hits:
                         orphan = orphans.pop(eid)
@@ -405,7 +407,7 @@ class Engine:
             if self._pending_log is not None:
                 self._pending_log.put_many(new)
         else:
-            joined_rows: list[tuple[tuple[str, str], int, bool, float, int, float]] = []
+            joined_rows: list[tuple[int, int, bool, float, int, float]] = []
             for eid, entry in zip(ids, entries, strict=True):
                 if eid in pending:
                     self.duplicates["prediction"] += 1
@@ -434,7 +436,7 @@ class Engine:
         self.labels_total += len(cols)
         pending = self._pending
         orphans = self._orphans
-        joined_rows: list[tuple[tuple[str, str], int, bool, float, int, float]] = []
+        joined_rows: list[tuple[int, int, bool, float, int, float]] = []
         labels = cols.label.tolist()
         amounts = cols.amount.tolist()
         label_ts = cols.ts.tolist()
@@ -474,13 +476,14 @@ class Engine:
 
     def _apply_joined(
         self,
-        rows: list[tuple[tuple[str, str], int, bool, float, int, float]],
+        rows: list[tuple[int, int, bool, float, int, float]],
         stats: BatchStats,
     ) -> None:
-        by_key: dict[tuple[str, str], list[int]] = {}
+        by_key: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             by_key.setdefault(r[0], []).append(i)
-        for key, idxs in by_key.items():
+        for vi, idxs in by_key.items():
+            key = self._vkeys[vi]
             st = self.state(*key)
             sid = np.array([rows[i][1] for i in idxs], dtype=np.int64)
             d = np.array([rows[i][2] for i in idxs], dtype=bool)
@@ -521,6 +524,13 @@ class Engine:
             stats.joined += len(idxs)
             res = st.adwin_error.update((d != y).astype(np.float64))
             st.adwin_error_detections += int(res.change_positions.size)
+
+    def _version_index(self, key: tuple[str, str]) -> int:
+        vi = self._vindex.get(key)
+        if vi is None:
+            vi = self._vindex[key] = len(self._vkeys)
+            self._vkeys.append(key)
+        return vi
 
     def _stamp_orphans(self) -> None:
         """Give labels that came before any prediction the first finite watermark."""
@@ -719,14 +729,15 @@ class Engine:
                         by_part.setdefault(item[1][-1], []).append(item)
             for part in sorted(by_part.keys() | deletes.keys()):
                 tp = (topic, part)
-                blob = _JOIN_ENCODE((by_part.get(part, []), deletes.get(part, [])))
+                blob = _JOIN_ENCODE((self._vkeys if topic == kafka.predictions_topic else [],
+                                     by_part.get(part, []), deletes.get(part, [])))
                 name = self._join_field("d")
                 commit.join_writes.setdefault(tp, {})[name] = blob
                 jss.fields.setdefault(tp, []).append(name)
                 jss.log_bytes[tp] = jss.log_bytes.get(tp, 0) + len(blob)
                 touched.append(tp)
         due = [tp for tp in touched
-               if jss.log_bytes[tp] > max(jss.snap_bytes.get(tp, 0), _SNAPSHOT_MIN_BYTES)]
+               if jss.log_bytes[tp] > max(jss.snap_bytes.get(tp, 0) / 2, _SNAPSHOT_MIN_BYTES)]
         if due:
             self._join_snapshots(commit, due)
 
@@ -742,7 +753,8 @@ class Engine:
                     if item[1][-1] in want:
                         items[(topic, item[1][-1])].append(item)
         for tp in due:
-            blob = _JOIN_ENCODE((items[tp], []))
+            blob = _JOIN_ENCODE((self._vkeys if tp[0] == kafka.predictions_topic else [],
+                                 items[tp], []))
             name = self._join_field("s")
             old = jss.fields.get(tp, [])
             writes = commit.join_writes.setdefault(tp, {})
@@ -770,7 +782,6 @@ class Engine:
                      default=0)
         jss.epoch = max(epoch, newest + 1, jss.epoch + 1)
         jss.n = 0
-        keys: dict[tuple[str, str], tuple[str, str]] = {}
         loaded_p: list[list[tuple[str, tuple[Any, ...]]]] = []
         loaded_o: list[list[tuple[str, tuple[Any, ...]]]] = []
         for tp, fields in blobs.items():
@@ -779,8 +790,11 @@ class Engine:
             start = snaps[-1] if snaps else 0
             entries: dict[str, list[Any]] = {}
             for name in names[start:]:
-                puts, deletes = _JOIN_DECODE(fields[name])
+                versions, puts, deletes = _JOIN_DECODE(fields[name])
+                own = [self._version_index((str(m), str(v))) for m, v in versions]
                 for eid, e in puts:
+                    if versions:
+                        e[0] = own[e[0]]
                     entries[eid] = e
                 for eid in deletes:
                     entries.pop(eid, None)
@@ -789,9 +803,8 @@ class Engine:
             jss.log_bytes[tp] = sum(len(fields[f]) for f in names[start + (1 if snaps else 0):])
             # entries in the order they arrived on their partition
             if tp[0] == kafka.predictions_topic:
-                loaded_p.append([(eid, (keys.setdefault(k := (str(e[0][0]), str(e[0][1])), k),
-                                        int(e[1]), bool(e[2]), float(e[3]), float(e[4]),
-                                        int(e[5]))) for eid, e in entries.items()])
+                loaded_p.append([(eid, (int(e[0]), int(e[1]), bool(e[2]), float(e[3]),
+                                        float(e[4]), int(e[5]))) for eid, e in entries.items()])
             else:
                 loaded_o.append([(eid, (int(e[0]), float(e[1]), float(e[2]), int(e[3])))
                                  for eid, e in entries.items()])
@@ -931,11 +944,14 @@ class Engine:
         return self._evaluation
 
 
-#: a partition's join blobs are replaced by one snapshot once they outgrow it
-#: (and this size): the stored log stays within about twice the live buffer
+#: a partition's join blobs are replaced by one snapshot once they outgrow half
+#: of it (and this size): the stored log stays within about 1.5 x the live buffer
 _SNAPSHOT_MIN_BYTES = 64 * 1024
 _JOIN_ENCODE = msgspec.msgpack.Encoder().encode
-_JOIN_DECODE = msgspec.msgpack.Decoder(tuple[list[tuple[str, list[Any]]], list[str]]).decode
+# a blob: (version table, [(event id, entry)], [deleted event id]); pending
+# entries name their version by its index in the blob's table
+_JOIN_DECODE = msgspec.msgpack.Decoder(
+    tuple[list[tuple[str, str]], list[tuple[str, list[Any]]], list[str]]).decode
 
 
 @dataclass

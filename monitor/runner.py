@@ -87,9 +87,8 @@ async def run_service(settings: Settings, source: Source | None = None,
     store = make_store(settings)
     service = Service(settings, src, sink, load_reference(settings), store=store,
                       instance_id=settings.state.instance_id)
-    if isinstance(src, KafkaSource) and store is not None:
-        src.set_assign_hook(service.seek_offsets)
-        src.set_revoke_hook(service.release_partitions)
+    if isinstance(src, KafkaSource):
+        service.wire_rebalance_hooks(src)
     publish = None
     if isinstance(sink, KafkaDeadLetterSink):
         kafka_sink = sink

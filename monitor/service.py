@@ -254,6 +254,14 @@ class Service:
         if loaded:
             log.info("join buffer taken over", entries=loaded, partitions=len(partitions))
 
+    def wire_rebalance_hooks(self, source: Any) -> None:
+        """With a state store: a KafkaSource asks :meth:`seek_offsets` where to start
+        assigned partitions (and takes their join buffers over) and tells
+        :meth:`release_partitions` about revoked ones."""
+        if self.store is not None:
+            source.set_assign_hook(self.seek_offsets)
+            source.set_revoke_hook(self.release_partitions)
+
     async def release_partitions(self, partitions: Sequence[tuple[str, int]]) -> None:
         """Revoked partitions: their join entries now belong to another instance
         (this one's last commit holds them)."""
