@@ -23,11 +23,13 @@ intervals, in O(versions x features x bins).
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+import operator
 import time
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -718,15 +720,7 @@ class Engine:
         for log, topic in ((self._pending_log, kafka.predictions_topic),
                            (self._orphan_log, kafka.labels_topic)):
             puts, deletes = log.drain()
-            by_part: dict[int, list[tuple[str, tuple[Any, ...]]]] = {}
-            if puts:
-                items = list(puts.items())
-                first = items[0][1][-1]
-                if all(e[-1] == first for e in puts.values()):
-                    by_part[first] = items
-                else:
-                    for item in items:
-                        by_part.setdefault(item[1][-1], []).append(item)
+            by_part = _by_partition(puts)
             for part in sorted(by_part.keys() | deletes.keys()):
                 tp = (topic, part)
                 blob = _JOIN_ENCODE((self._vkeys if topic == kafka.predictions_topic else [],
@@ -735,23 +729,29 @@ class Engine:
                 commit.join_writes.setdefault(tp, {})[name] = blob
                 jss.fields.setdefault(tp, []).append(name)
                 jss.log_bytes[tp] = jss.log_bytes.get(tp, 0) + len(blob)
+                jss.live[tp] = max(jss.live.get(tp, 0) + len(by_part.get(part, ()))
+                                   - len(deletes.get(part, ())), 0)
                 touched.append(tp)
+        # snapshot a partition once what is stored for it exceeds twice what its
+        # live entries would take (plus a floor): the stored bytes stay within
+        # about 2 x the live buffer, and each logged byte is re-encoded about once
         due = [tp for tp in touched
-               if jss.log_bytes[tp] > max(jss.snap_bytes.get(tp, 0) / 2, _SNAPSHOT_MIN_BYTES)]
+               if jss.snap_bytes.get(tp, 0) + jss.log_bytes[tp] > 2 * jss.live[tp]
+               * jss.entry_bytes.get(tp, _ENTRY_BYTES_GUESS) + _SNAPSHOT_MIN_BYTES]
         if due:
             self._join_snapshots(commit, due)
 
     def _join_snapshots(self, commit: Commit, due: list[tuple[str, int]]) -> None:
         jss = self._join_store
         kafka = self.settings.kafka
-        items: dict[tuple[str, int], list[tuple[str, tuple[Any, ...]]]] = {tp: [] for tp in due}
+        items: dict[tuple[str, int], list[tuple[str, tuple[Any, ...]]]] = {}
         for buf, topic in ((self._pending, kafka.predictions_topic),
                            (self._orphans, kafka.labels_topic)):
             want = {p for t, p in due if t == topic}
             if want:
-                for item in buf.items():
-                    if item[1][-1] in want:
-                        items[(topic, item[1][-1])].append(item)
+                grouped = _by_partition(buf, want)
+                for p in want:
+                    items[(topic, p)] = grouped.get(p, [])
         for tp in due:
             blob = _JOIN_ENCODE((self._vkeys if tp[0] == kafka.predictions_topic else [],
                                  items[tp], []))
@@ -765,6 +765,9 @@ class Engine:
             jss.fields[tp] = [name]
             jss.snap_bytes[tp] = len(blob)
             jss.log_bytes[tp] = 0
+            jss.live[tp] = len(items[tp])
+            if items[tp]:
+                jss.entry_bytes[tp] = len(blob) / len(items[tp])
 
     def load_join_state(self, blobs: dict[tuple[str, int], dict[str, bytes]],
                         epoch: int) -> int:
@@ -799,6 +802,7 @@ class Engine:
                 for eid in deletes:
                     entries.pop(eid, None)
             jss.fields[tp] = names
+            jss.live[tp] = len(entries)
             jss.snap_bytes[tp] = len(fields[names[start]]) if snaps else 0
             jss.log_bytes[tp] = sum(len(fields[f]) for f in names[start + (1 if snaps else 0):])
             # entries in the order they arrived on their partition
@@ -838,9 +842,8 @@ class Engine:
                 for p in parts:
                     log.deletes.pop(p, None)
         for tp in tps:
-            jss.fields.pop(tp, None)
-            jss.log_bytes.pop(tp, None)
-            jss.snap_bytes.pop(tp, None)
+            for per in (jss.fields, jss.log_bytes, jss.snap_bytes, jss.live, jss.entry_bytes):
+                per.pop(tp, None)
 
     def _states_from(self, slices: dict[tuple[str, str, str, int], list[bytes]],
                      counters: dict[str, float], target: dict[tuple[str, str], VersionState],
@@ -944,14 +947,34 @@ class Engine:
         return self._evaluation
 
 
-#: a partition's join blobs are replaced by one snapshot once they outgrow half
-#: of it (and this size): the stored log stays within about 1.5 x the live buffer
+#: per partition, stored join bytes beyond 2 x the live entries' size that
+#: trigger a snapshot (the floor keeps small buffers from re-snapshotting often)
 _SNAPSHOT_MIN_BYTES = 64 * 1024
+_ENTRY_BYTES_GUESS = 50.0
 _JOIN_ENCODE = msgspec.msgpack.Encoder().encode
 # a blob: (version table, [(event id, entry)], [deleted event id]); pending
 # entries name their version by its index in the blob's table
 _JOIN_DECODE = msgspec.msgpack.Decoder(
     tuple[list[tuple[str, str]], list[tuple[str, list[Any]]], list[str]]).decode
+
+
+_LAST = operator.itemgetter(-1)
+
+
+def _by_partition(entries: Mapping[str, tuple[Any, ...]], only: set[int] | None = None
+                  ) -> dict[int, list[tuple[str, tuple[Any, ...]]]]:
+    """``(event id, entry)`` pairs grouped by partition (an entry's last field), each
+    group in the mapping's order; C-level passes, no Python loop per entry."""
+    if not entries:
+        return {}
+    parts = np.fromiter(map(_LAST, entries.values()), dtype=np.int64, count=len(entries))
+    uniq = np.unique(parts).tolist()
+    if only is not None:
+        uniq = [p for p in uniq if p in only]
+    items = list(entries.items())
+    if len(uniq) == 1 and only is None:
+        return {uniq[0]: items}
+    return {p: list(itertools.compress(items, (parts == p).tolist())) for p in uniq}
 
 
 @dataclass
@@ -963,6 +986,8 @@ class _JoinStoreState:
     fields: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     log_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
     snap_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
+    live: dict[tuple[str, int], int] = field(default_factory=dict)  # entries, about
+    entry_bytes: dict[tuple[str, int], float] = field(default_factory=dict)
 
 
 class _CatRows:
