@@ -411,7 +411,9 @@ class EventCodec:
         joined = b"\n".join(vals)
         try:
             # the whole value must be UTF-8, also in fields the decoder skips
-            joined.decode("utf-8")
+            # (ASCII, the usual case, is checked without building a str)
+            if not joined.isascii():
+                joined.decode("utf-8")
             out: list[Any] = decoder.decode_lines(joined)
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
                 RecursionError):

@@ -89,6 +89,10 @@ class KafkaSettings(_Strict):
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # processed offsets go to the group at most this often (0: after every batch),
+    # and always on revoke and stop; with a state store they are stored with the
+    # counts on every batch regardless
+    commit_interval_ms: int = Field(1000, ge=0, le=60_000)
 
     @model_validator(mode="after")
     def _security(self) -> KafkaSettings:

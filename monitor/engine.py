@@ -393,17 +393,16 @@ class Engine:
             if not hits:
                 new = dict(zip(ids, entries, strict=True))
             else:
-                new = {}
+                pairs = list(zip(ids, entries, strict=True))
+                is_hit = list(map(hits.__contains__, ids))
+                new = dict(itertools.compress(pairs, map(operator.not_, is_hit)))
                 joined: list[tuple[int, int, bool, float, int, float]] = []
-                for eid, entry in zip(ids, entries, strict=True):
-                    if eid in hits:
-                        orphan = orphans.pop(eid)
-                        if self._orphan_log is not None:
-                            self._orphan_log.delete(eid, orphan[3])
-                        joined.append((entry[0], entry[1], entry[2], entry[3], orphan[0],
-                                       orphan[1]))
-                    else:
-                        new[eid] = entry
+                for eid, entry in itertools.compress(pairs, is_hit):
+                    orphan = orphans.pop(eid)
+                    if self._orphan_log is not None:
+                        self._orphan_log.delete(eid, orphan[3])
+                    joined.append((entry[0], entry[1], entry[2], entry[3], orphan[0],
+                                   orphan[1]))
                 self._apply_joined(joined, stats)
             pending.update(new)
             if self._pending_log is not None:

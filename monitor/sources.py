@@ -14,7 +14,9 @@ The Faust source lives in :mod:`monitor.faust_source`.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +135,7 @@ class KafkaSource:
         self._committed: dict[TopicPartition, int] = {}
         self._assigned: set[TopicPartition] = set()
         self._connected = False
+        self._last_commit = -math.inf
         self.rebalances = 0
 
     @property
@@ -219,6 +222,12 @@ class KafkaSource:
 
     async def stop(self) -> None:
         if self._consumer is not None:
+            from aiokafka.errors import KafkaError
+
+            try:
+                await self._commit_processed(sorted(self._assigned))
+            except KafkaError as exc:
+                log.warning("final offset commit failed", error=str(exc))
             consumer, self._consumer = self._consumer, None
             try:
                 await consumer.stop()
@@ -230,6 +239,8 @@ class KafkaSource:
 
         batch = SourceBatch()
         try:
+            if self._processed != self._committed:
+                await self._commit_due()
             data = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000))
             self._connected = True
         except KafkaError as exc:
@@ -249,9 +260,18 @@ class KafkaSource:
         return batch
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Record offsets as processed and commit them to the group."""
+        """Record offsets as processed; commit them to the group when
+        ``commit_interval_ms`` has passed since the last commit (else at the next
+        poll, revoke or stop after it)."""
         self._processed.update(offsets)
-        await self._commit_processed(list(offsets))
+        await self._commit_due()
+
+    async def _commit_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_commit < self.cfg.commit_interval_ms / 1000.0:
+            return
+        self._last_commit = now
+        await self._commit_processed([tp for tp in self._processed if tp in self._assigned])
 
     async def _commit_processed(self, tps: Sequence[TopicPartition]) -> None:
         from aiokafka import TopicPartition as KafkaTP
