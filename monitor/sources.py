@@ -136,6 +136,7 @@ class KafkaSource:
         self._assigned: set[TopicPartition] = set()
         self._connected = False
         self._last_commit = -math.inf
+        self._copartition_checked = False
         self.rebalances = 0
 
     @property
@@ -200,6 +201,7 @@ class KafkaSource:
                 finally:
                     consumer.resume(*assigned)
                 log.info("partitions assigned", partitions=sorted(tps))
+                source._check_copartitioned()
 
         cfg = self.cfg
         self._consumer = AIOKafkaConsumer(
@@ -219,6 +221,22 @@ class KafkaSource:
         self._consumer.subscribe([cfg.predictions_topic, cfg.labels_topic], listener=_Listener())
         await self._consumer.start()
         self._connected = True
+
+    def _check_copartitioned(self) -> None:
+        """Warn once when the two topics' partition counts differ: a label then
+        lands on another partition number than its prediction, and with several
+        instances (or the Redis state) it cannot join."""
+        if self._copartition_checked or self._consumer is None:
+            return
+        preds = self._consumer.partitions_for_topic(self.cfg.predictions_topic)
+        labels = self._consumer.partitions_for_topic(self.cfg.labels_topic)
+        if not preds or not labels:
+            return
+        self._copartition_checked = True
+        if len(preds) != len(labels):
+            log.warning("predictions and labels topics are not co-partitioned: the label "
+                        "join needs the same partition count and key on both",
+                        predictions_partitions=len(preds), labels_partitions=len(labels))
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -87,6 +87,9 @@ def test_broker_paused_10s_mid_stream_reconnects_and_counts_exactly(
                       port=port)
         doc = yaml.safe_load(cfg.read_text())
         doc["kafka"]["max_poll_records"] = 100  # many small batches: the pause lands inside
+        # an offset commit after every batch: the frozen broker stops the consumer in the
+        # middle of the half already produced (else it finishes its prefetched records)
+        doc["kafka"]["commit_interval_ms"] = 0
         cfg.write_text(yaml.safe_dump(doc))
         # the first half is in the broker before the service starts
         asyncio.run(produce(bootstrap, topics["predictions_topic"],
