@@ -426,6 +426,15 @@ class Settings(BaseSettings):
         return models
 
     @model_validator(mode="after")
+    def _state_source(self) -> Settings:
+        if self.state.backend == "redis" and self.source == "faust":
+            raise ValueError("state.backend 'redis' needs source 'kafka', got source "
+                             "'faust': the store seeks partitions to its stored offsets and "
+                             "hands label-join buffers over on rebalance, which needs "
+                             "driftgate's own consumer")
+        return self
+
+    @model_validator(mode="after")
     def _rules(self) -> Settings:
         names = [r.name for r in self.rules]
         dupes = sorted({n for n in names if names.count(n) > 1})
