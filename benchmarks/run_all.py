@@ -1,7 +1,9 @@
 """Run every ``benchmarks/bench_*.py`` and write ``benchmarks/results.json``.
 
 Each benchmark module exposes ``run(quick: bool = False) -> dict``. Run as
-``python -m benchmarks.run_all [--quick]`` (``make bench``).
+``python -m benchmarks.run_all [--quick]`` (``make bench``). Naming benchmarks
+(``python -m benchmarks.run_all bench_ingest``) runs only those and replaces
+their entries in the existing ``results.json`` (``updated_at`` records when).
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ def table(results: dict[str, Any]) -> str:
     out = ["| benchmark | target | measured | |", "| --- | --- | --- | --- |"]
     out += [f"| {a} | {b_} | {c} | {d} |" for a, b_, c, d in rows]
     stamp = results.get("generated_at", "")
-    return "\n".join(out) + f"\n\n(`benchmarks/results.json`, {stamp}.)"
+    updated = "".join(f"; {name} re-run {at}" for name, at in
+                      sorted(results.get("updated_at", {}).items()))
+    return "\n".join(out) + f"\n\n(`benchmarks/results.json`, {stamp}{updated}.)"
 
 
 def update_readme(results: dict[str, Any]) -> bool:
@@ -105,12 +109,23 @@ def update_readme(results: dict[str, Any]) -> bool:
 
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
-    results: dict[str, Any] = {"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                             time.gmtime()),
-                               "quick": quick, "benchmarks": {}}
+    only = [a for a in argv if not a.startswith("--")]
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    known = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown!r}; known: {known!r}", file=sys.stderr)
+        return 2
+    results: dict[str, Any] = {"generated_at": now, "quick": quick, "benchmarks": {}}
+    if only:
+        results = json.loads((HERE / "results.json").read_text())
+        if results.get("quick") != quick:
+            print(f"results.json has quick={results.get('quick')!r}; run the same mode",
+                  file=sys.stderr)
+            return 2
+        results.setdefault("updated_at", {}).update(dict.fromkeys(only, now))
     failed = 0
-    for path in sorted(HERE.glob("bench_*.py")):
-        name = path.stem
+    for name in only or known:
         print(f"== {name}", file=sys.stderr, flush=True)
         try:
             module = importlib.import_module(f"benchmarks.{name}")
