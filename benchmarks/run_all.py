@@ -80,7 +80,7 @@ def table(results: dict[str, Any]) -> str:
          + _fmt(_get(s, "ratio_b_over_a_cpu"), ".2f", "x"),
          _fmt(_get(s, "targets", "b_over_a_ge_0.7"))),
         ("scale: Redis commands / round trips per 1,000 records", "-",
-         _fmt(_get(s, "redis_commands_per_1000_records"), ".0f", " / ")
+         _fmt(_get(s, "redis_commands_per_1000_records"), ".1f", " / ")
          + _fmt(_get(s, "redis_round_trips_per_1000_records"), ".2f"), "-"),
         ("scale: bytes per pending prediction in Redis", "<= 200 B",
          _fmt(_get(s, "bytes_per_pending_prediction"), ".0f", " B (MEMORY USAGE)"),
