@@ -427,11 +427,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _state_source(self) -> Settings:
-        if self.state.backend == "redis" and self.source == "faust":
-            raise ValueError("state.backend 'redis' needs source 'kafka', got source "
-                             "'faust': the store seeks partitions to its stored offsets and "
-                             "hands label-join buffers over on rebalance, which needs "
-                             "driftgate's own consumer")
+        if self.state.backend == "redis" and self.source != "kafka":
+            raise ValueError(f"state.backend 'redis' needs source 'kafka', got source "
+                             f"{self.source!r}: the store seeks partitions to its stored "
+                             "offsets and hands label-join buffers over on rebalance, which "
+                             "needs driftgate's own consumer (use state.backend 'memory' "
+                             "for replays)")
         return self
 
     @model_validator(mode="after")

@@ -299,15 +299,16 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
         s.kafka.group_id = "x"  # type: ignore[misc]
 
 
-def test_redis_state_with_the_faust_source_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", ["faust", "replay"])
+def test_redis_state_needs_the_kafka_source(tmp_path: Path, source: str) -> None:
     from tests.support import fit_reference
 
     ref = tmp_path / "reference.json"
     ref.write_text(fit_reference().to_json())
-    cfg = _config(tmp_path, source="faust", reference={"path": str(ref)},
+    cfg = _config(tmp_path, source=source, reference={"path": str(ref)},
                   state={"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0"})
     err = _error(cfg)
     assert "state.backend 'redis' needs source 'kafka'" in str(err)
-    assert "'faust'" in str(err)
+    assert repr(source) in str(err)
     # the same store with driftgate's own consumer is fine
     assert load_settings(cfg, source="kafka").state.backend == "redis"
