@@ -189,6 +189,26 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` is in the stopped state (Linux ``/proc``);
+    True where ``/proc`` cannot tell (the process is gone, or no procfs)."""
+    task_dir = Path(f"/proc/{pid}/task")
+    try:
+        tasks = list(task_dir.iterdir())
+    except OSError:
+        return True
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread just exited
+        # the state follows the parenthesised command name: "pid (comm) S ..."
+        state = stat.rsplit(")", 1)[-1].split()[0]
+        if state not in ("T", "t"):
+            return False
+    return True
+
+
 def _kill_leftover(proc: subprocess.Popen[bytes]) -> None:
     """Finalizer: kill the broker's process group if its owner was never stopped."""
     if proc.poll() is None:
@@ -396,6 +416,13 @@ class EmbeddedBroker:
         pid = self._require_running("pause")
         _signal_group(pid, signal.SIGSTOP)
         self._paused = True
+        # SIGSTOP takes effect asynchronously: return only once every thread of the
+        # broker is stopped, so that nothing sent after pause() is answered
+        deadline = time.monotonic() + 5.0
+        while not _all_threads_stopped(pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"broker pid {pid} did not stop within 5 s of SIGSTOP")
+            time.sleep(0.005)
 
     def resume(self) -> None:
         """Continue a broker frozen by :meth:`pause` (SIGCONT). No-op if not paused.
