@@ -45,7 +45,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.common import cli_main, json_safe, stderr_log
+from benchmarks.common import cli_main, json_safe, stderr_log, timed, timed_async
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker
 from monitor.config import Settings, load_settings
@@ -420,35 +420,17 @@ class TimedService(Service):
         self.t_first = math.nan
         self.t_last = math.nan
         self.t_run = math.nan
-        self.decode_s = 0.0
-        self.engine_s = 0.0
-        self.commit_s = 0.0
+        self.stage_s: dict[str, float] = {"decode": 0.0, "engine": 0.0, "commit": 0.0}
         self._wrap_stages()
 
     def _wrap_stages(self) -> None:
         """Time the codec, the engine and the commit inside ``handle()`` (instance wrappers)."""
-        def timed(fn: Callable[..., Any], slot: str) -> Callable[..., Any]:
-            def inner(*a: Any, **kw: Any) -> Any:
-                t = time.perf_counter()
-                try:
-                    return fn(*a, **kw)
-                finally:
-                    setattr(self, slot, getattr(self, slot) + time.perf_counter() - t)
-            return inner
-
-        def timed_async(fn: Callable[..., Any], slot: str) -> Callable[..., Any]:
-            async def inner(*a: Any, **kw: Any) -> Any:
-                t = time.perf_counter()
-                try:
-                    return await fn(*a, **kw)
-                finally:
-                    setattr(self, slot, getattr(self, slot) + time.perf_counter() - t)
-            return inner
-
-        setattr(self.codec, "decode", timed(self.codec.decode, "decode_s"))  # noqa: B010
+        stage = self.stage_s
+        setattr(self.codec, "decode", timed(self.codec.decode, stage, "decode"))  # noqa: B010
         assert self.engine is not None
-        setattr(self.engine, "process", timed(self.engine.process, "engine_s"))  # noqa: B010
-        setattr(self.source, "commit", timed_async(self.source.commit, "commit_s"))  # noqa: B010
+        setattr(self.engine, "process", timed(self.engine.process, stage, "engine"))  # noqa: B010
+        setattr(self.source, "commit",  # noqa: B010
+                timed_async(self.source.commit, stage, "commit"))
 
     def predictions_total(self) -> int:
         engine: Engine | None = self.engine
@@ -579,10 +561,8 @@ async def bench_service(bootstrap: str, topics: dict[str, str], reference: Refer
         "handle_ms_max": max(handle_ms),
         "handle_us_per_record_mean": busy / records * 1e6,
         "handle_share_of_span": busy / span if span > 0 else math.nan,
-        "handle_breakdown_s": {"decode": service.decode_s, "engine": service.engine_s,
-                               "commit": service.commit_s,
-                               "other": busy - service.decode_s - service.engine_s
-                               - service.commit_s},
+        "handle_breakdown_s": {**service.stage_s,
+                               "other": busy - sum(service.stage_s.values())},
         "gc_during_run": gc_timer.report(),
         "ticks": len(service.tick_s),
         "tick_ms_p50": _pct([t * 1e3 for t in service.tick_s], 50),

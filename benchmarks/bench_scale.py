@@ -78,7 +78,7 @@ import msgspec
 import numpy as np
 
 from benchmarks.bench_ingest import GcTimer, _short, _version, produce
-from benchmarks.common import cli_main, json_safe, stderr_log
+from benchmarks.common import cli_main, json_safe, stderr_log, timed, timed_async
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker
 from monitor.config import Settings, load_settings
@@ -416,33 +416,16 @@ class TimedService(Service):
 
     def _wrap(self) -> None:
         stage = self.stage_s
-
-        def timed(fn: Callable[..., Any], slot: str) -> Callable[..., Any]:
-            def inner(*a: Any, **kw: Any) -> Any:
-                t = time.perf_counter()
-                try:
-                    return fn(*a, **kw)
-                finally:
-                    stage[slot] += time.perf_counter() - t
-            return inner
-
-        def timed_async(fn: Callable[..., Any], slot: str) -> Callable[..., Any]:
-            async def inner(*a: Any, **kw: Any) -> Any:
-                t = time.perf_counter()
-                try:
-                    return await fn(*a, **kw)
-                finally:
-                    stage[slot] += time.perf_counter() - t
-            return inner
-
-        setattr(self.codec, "decode", timed(self.codec.decode, "decode"))  # noqa: B010
+        setattr(self.codec, "decode", timed(self.codec.decode, stage, "decode"))  # noqa: B010
         assert self.engine is not None
-        setattr(self.engine, "process", timed(self.engine.process, "engine_process"))  # noqa: B010
-        setattr(self.engine, "delta", timed(self.engine.delta, "engine_delta"))  # noqa: B010
-        setattr(self.source, "commit", timed_async(self.source.commit, "kafka_commit"))  # noqa: B010
+        setattr(self.engine, "process",  # noqa: B010
+                timed(self.engine.process, stage, "engine_process"))
+        setattr(self.engine, "delta", timed(self.engine.delta, stage, "engine_delta"))  # noqa: B010
+        setattr(self.source, "commit",  # noqa: B010
+                timed_async(self.source.commit, stage, "kafka_commit"))
         store = self.store
         if store is not None:
-            raw_commit = timed_async(store.commit, "store_commit")
+            raw_commit = timed_async(store.commit, stage, "store_commit")
 
             async def commit(c: Any) -> None:
                 await raw_commit(c)

@@ -7,7 +7,8 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,33 @@ def json_safe(obj: Any) -> Any:
         f = float(obj)
         return f if math.isfinite(f) else None
     return obj
+
+
+def timed(fn: Callable[..., Any], stages: dict[str, float], slot: str) -> Callable[..., Any]:
+    """``fn`` wrapped to add its wall time to ``stages[slot]`` on every call."""
+
+    def inner(*a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            stages[slot] += time.perf_counter() - t
+
+    return inner
+
+
+def timed_async(fn: Callable[..., Awaitable[Any]], stages: dict[str, float],
+                slot: str) -> Callable[..., Awaitable[Any]]:
+    """The coroutine function ``fn`` wrapped like :func:`timed` (time until it returns)."""
+
+    async def inner(*a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return await fn(*a, **kw)
+        finally:
+            stages[slot] += time.perf_counter() - t
+
+    return inner
 
 
 def stderr_log(name: str) -> Callable[[str], None]:
