@@ -175,6 +175,31 @@ def _ts_seconds(value: float | datetime) -> float:
     return float(value)
 
 
+def _ts_column(values: Sequence[Any]) -> npt.NDArray[np.float64]:
+    """Event times as epoch seconds: from numbers, RFC 3339 datetimes or None (nan)."""
+    try:
+        return np.array(values, dtype=np.float64)  # numbers and None only: one C pass
+    except TypeError:  # some are datetimes
+        return np.fromiter((math.nan if t is None else _ts_seconds(t) for t in values),
+                           dtype=np.float64, count=len(values))
+
+
+def _flagged_problems(bad: npt.NDArray[np.bool_], structs: Sequence[Any],
+                      validate: Callable[[Any], tuple[str, str] | None]
+                      ) -> dict[int, tuple[str, str]]:
+    """The reason and detail of every row the column checks flagged in ``bad``,
+    from the per-record rules; a row those accept is unflagged in ``bad``."""
+    problems: dict[int, tuple[str, str]] = {}
+    if bad.any():
+        for i in np.flatnonzero(bad).tolist():
+            problem = validate(structs[i])
+            if problem is None:
+                bad[i] = False
+            else:
+                problems[i] = problem
+    return problems
+
+
 _PARTITION = operator.attrgetter("partition")
 _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
@@ -505,10 +530,7 @@ class EventCodec:
         eid_c, model_c, version_c, ts_c, score_c, dec_c, amt_c, feat_c = zip(
             *map(astuple, structs), strict=True)
         score = np.array(score_c, dtype=np.float64)
-        try:
-            ts = np.array(ts_c, dtype=np.float64)
-        except TypeError:  # some are RFC 3339 datetimes
-            ts = np.fromiter(map(_ts_seconds, ts_c), dtype=np.float64, count=n)
+        ts = _ts_column(ts_c)
         amount = np.array(amt_c, dtype=np.float64)  # None -> nan
         with np.errstate(invalid="ignore"):
             bad = ~((score >= 0.0) & (score <= 1.0)) | ~((ts >= 0.0) & (ts < 1e11)) | (
@@ -529,14 +551,7 @@ class EventCodec:
                 else:
                     bad[i] = True
                     decision[i] = False
-        problems: dict[int, tuple[str, str]] = {}
-        if bad.any():
-            for i in np.flatnonzero(bad).tolist():
-                problem = self._validate_prediction(structs[i])
-                if problem is None:
-                    bad[i] = False
-                else:
-                    problems[i] = problem
+        problems = _flagged_problems(bad, structs, self._validate_prediction)
         # last: a version takes one of the model's slots only with a valid event,
         # in the order of their first valid events
         pairs = zip(model_c, version_c, strict=True)
@@ -602,23 +617,15 @@ class EventCodec:
             label = np.array(label_c, dtype=np.int64)
         except OverflowError:  # an integer beyond int64: flagged below
             label = np.array([x if -2 <= x <= 2 else 2 for x in label_c], dtype=np.int64)
-        try:
-            ts = np.array(ts_c, dtype=np.float64)  # None -> nan
-        except TypeError:  # some are RFC 3339 datetimes
-            ts = np.fromiter((math.nan if t is None else _ts_seconds(t) for t in ts_c),
-                             dtype=np.float64, count=n)
+        ts = _ts_column(ts_c)  # None (no time given) -> nan
         amount = np.array(amt_c, dtype=np.float64)
         with np.errstate(invalid="ignore"):
             bad = ((label != 0) & (label != 1)) | (ts < 0.0) | (ts >= 1e11) | np.isinf(ts) | (
                 amount < 0.0) | (amount > self._max_amount)
         keep: npt.NDArray[np.intp] | None = None
-        if bad.any():
-            for i in np.flatnonzero(bad).tolist():
-                problem = self._validate_label(structs[i])
-                if problem is None:
-                    bad[i] = False
-                else:
-                    rejected.append(Rejected(recs[i], *problem))
+        problems = _flagged_problems(bad, structs, self._validate_label)
+        if problems:
+            rejected.extend(Rejected(recs[i], *problems[i]) for i in sorted(problems))
             keep = np.flatnonzero(~bad)
         ids = list(eid_c)
         part = np.fromiter(map(_PARTITION, recs), dtype=np.int64, count=n)
