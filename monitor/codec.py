@@ -6,6 +6,14 @@ field, a ``(events, features)`` float matrix for numeric features). Plain JSON
 and CloudEvents binary mode (``ce_*`` headers carry the event attributes, the
 value carries the data, as KServe's inference logger writes) are accepted.
 
+Plain-JSON prediction batches first go through a compiled fast path
+(``monitor/_native/fastdecode.c``, parsing with the vendored yyjson) that fills
+the columns directly, with no Python object per event or per value. It accepts
+a batch only when every record is one msgspec would decode to the same values;
+at the first record it is not certain of, the whole batch takes the msgspec
+path, which finds and explains the bad records. :data:`FAST_DECODE_AVAILABLE`
+says whether the extension was built; ``codec.fast_decode: false`` turns it off.
+
 A record that does not decode or validate becomes a :class:`Rejected` with one
 of the :data:`REASONS`; the valid records of the same batch are unaffected.
 The only exception :meth:`EventCodec.decode` can raise for bad *input* is none:
@@ -29,7 +37,17 @@ import numpy.typing as npt
 
 from monitor.config import Settings
 
+_fast_decode_predictions: Callable[..., object] | None
+try:
+    from monitor._fastdecode import decode_predictions as _fast_decode_predictions
+except ImportError:  # installed without a C compiler: msgspec only
+    _fast_decode_predictions = None
+
+#: whether the compiled fast path (``monitor._fastdecode``) is installed
+FAST_DECODE_AVAILABLE = _fast_decode_predictions is not None
+
 __all__ = [
+    "FAST_DECODE_AVAILABLE",
     "REASONS",
     "DecodedBatch",
     "EventCodec",
@@ -160,6 +178,24 @@ class LabelColumns:
         return len(self.event_id)
 
 
+@dataclass(slots=True)
+class _RawPredictions:
+    """Prediction columns as decoded, before validation."""
+
+    event_id: list[str]
+    model: list[str]
+    version: list[str]
+    ts: npt.NDArray[np.float64]
+    score: npt.NDArray[np.float64]
+    amount: npt.NDArray[np.float64]
+    #: 1 or 0 as given, -1 when none was given, 2 when not a boolean or 0/1
+    decision: npt.NDArray[np.int8]
+    numeric: npt.NDArray[np.float64]
+    categorical: dict[str, list[object]]
+    #: row i's decoded struct (for the reason of a row the column checks flag)
+    struct_of: Callable[[int], Any]
+
+
 @dataclass
 class DecodedBatch:
     """The outcome of decoding one batch of records."""
@@ -184,15 +220,16 @@ def _ts_column(values: Sequence[Any]) -> npt.NDArray[np.float64]:
                            dtype=np.float64, count=len(values))
 
 
-def _flagged_problems(bad: npt.NDArray[np.bool_], structs: Sequence[Any],
+def _flagged_problems(bad: npt.NDArray[np.bool_], struct_of: Callable[[int], Any],
                       validate: Callable[[Any], tuple[str, str] | None]
                       ) -> dict[int, tuple[str, str]]:
     """The reason and detail of every row the column checks flagged in ``bad``,
-    from the per-record rules; a row those accept is unflagged in ``bad``."""
+    from the per-record rules (``struct_of(i)`` is row i's decoded event); a
+    row those accept is unflagged in ``bad``."""
     problems: dict[int, tuple[str, str]] = {}
     if bad.any():
         for i in np.flatnonzero(bad).tolist():
-            problem = validate(structs[i])
+            problem = validate(struct_of(i))
             if problem is None:
                 bad[i] = False
             else:
@@ -281,6 +318,15 @@ class EventCodec:
         self._max_amount = settings.codec.max_amount
         self._allow_unknown_models = settings.codec.allow_unknown_models
         self._cloudevents = settings.cloudevents.enabled
+        self._fast = _fast_decode_predictions if settings.codec.fast_decode else None
+        self._fast_keys = tuple(name.encode() for name in (
+            f.event_id, f.model, f.model_version, f.ts, f.score, f.decision, f.amount,
+            f.features))
+        self._fast_features = tuple(
+            name.encode() for name in self.numeric_features + self.categorical_features)
+        #: prediction batches decoded by the fast path, and those it left to msgspec
+        self.fast_batches = 0
+        self.fast_fallbacks = 0
 
     # ------------------------------------------------------------------ helpers
     def _default_version_allowed(self, model: str, version: str) -> bool:
@@ -477,10 +523,82 @@ class EventCodec:
 
     def _decode_predictions(self, records: Sequence[Record],
                             rejected: list[Rejected]) -> PredictionColumns:
+        raw = self._fast_predictions(records)
+        if raw is not None:
+            self.fast_batches += 1
+            return self._prediction_columns(raw, records, rejected)
         structs, kept = self._decode_structs(
             records, self._pred_decoder, self._prediction_type, "prediction",
             self.settings.fields.score, rejected)
-        return self._prediction_columns(structs, kept, rejected)
+        return self._prediction_columns(self._struct_columns(structs), kept, rejected)
+
+    def _fast_predictions(self, records: Sequence[Record]) -> _RawPredictions | None:
+        """The batch's columns from the compiled fast path, or ``None`` when it is
+        not installed, not enabled, or leaves any record of the batch to msgspec."""
+        fast = self._fast
+        n = len(records)
+        if fast is None or n == 0:
+            return None
+        if self._cloudevents and any(r.headers for r in records):
+            return None
+        values = [r.value for r in records]
+        if None in values or max(map(len, values)) > self._max_bytes:  # type: ignore[arg-type]
+            return None
+        ts, score, amount = np.empty(n), np.empty(n), np.empty(n)
+        decision = np.empty(n, dtype=np.int8)
+        numeric = np.empty((n, self._n_num), dtype=np.float64)
+        out = fast(values, self._fast_keys, self._fast_features, self._n_num,
+                   ts, score, decision, amount, numeric)
+        if not isinstance(out, tuple):  # the index of a record left to msgspec
+            self.fast_fallbacks += 1
+            return None
+        ids, models, versions, cats = out
+        pred_decoder = self._pred_decoder
+        return _RawPredictions(
+            event_id=ids, model=models, version=versions, ts=ts, score=score, amount=amount,
+            decision=decision, numeric=numeric,
+            categorical=dict(zip(self.categorical_features, cats, strict=True)),
+            struct_of=lambda i: pred_decoder.decode(values[i] or b""))
+
+    def _struct_columns(self, structs: list[Any]) -> _RawPredictions:
+        """Columns of msgspec-decoded Prediction structs."""
+        n = len(structs)
+        if n == 0:
+            return _RawPredictions(
+                event_id=[], model=[], version=[], ts=np.empty(0), score=np.empty(0),
+                amount=np.empty(0), decision=np.empty(0, dtype=np.int8),
+                numeric=np.empty((0, self._n_num)),
+                categorical={name: [] for name in self.categorical_features},
+                struct_of=structs.__getitem__)
+        astuple = msgspec.structs.astuple
+        # one C-level transpose: event_id, model, version, ts, score, decision, amount,
+        # features (the field order of the Prediction struct)
+        eid_c, model_c, version_c, ts_c, score_c, dec_c, amt_c, feat_c = zip(
+            *map(astuple, structs), strict=True)
+        if set(map(type, dec_c)) == {bool}:
+            decision = np.array(dec_c, dtype=np.int8)
+        else:
+            decision = np.fromiter(
+                (-1 if d is None else int(d) if isinstance(d, bool) or d in (0, 1) else 2
+                 for d in dec_c), dtype=np.int8, count=n)
+        numeric = np.empty((n, self._n_num), dtype=np.float64)
+        if self._n_num:
+            # the Features struct lists the numeric fields first (n0, n1, ...):
+            # one astuple() per event instead of one getattr() per value
+            n_num = self._n_num
+            rows: Any = map(astuple, feat_c)
+            if self.categorical_features:
+                rows = (r[:n_num] for r in rows)
+            numeric[:] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
+                                     count=n * n_num).reshape(n, n_num)  # None -> nan
+        return _RawPredictions(
+            event_id=list(eid_c), model=list(model_c), version=list(version_c),
+            ts=_ts_column(ts_c), score=np.array(score_c, dtype=np.float64),
+            amount=np.array(amt_c, dtype=np.float64),  # None -> nan
+            decision=decision, numeric=numeric,
+            categorical={name: list(map(operator.attrgetter(f"c{i}"), feat_c))
+                         for i, name in enumerate(self.categorical_features)},
+            struct_of=structs.__getitem__)
 
     def _validate_prediction(self, ev: Any) -> tuple[str, str] | None:
         """The first problem of one decoded prediction (the per-record rules that
@@ -510,48 +628,27 @@ class EventCodec:
         return "too_many_versions", (f"{f.model_version} {version!r} of model "
                                      f"{model!r} exceeds the version limit")
 
-    def _prediction_columns(self, structs: list[Any], recs: Sequence[Record],
+    def _prediction_columns(self, raw: _RawPredictions, recs: Sequence[Record],
                             rejected: list[Rejected]) -> PredictionColumns:
         """Columns of the valid predictions; the invalid ones join ``rejected``.
 
         Validation runs over whole columns; only flagged rows are looked at one
         by one, for the reason and a readable detail.
         """
-        n = len(structs)
-        if n == 0:
-            return PredictionColumns(
-                event_id=[], model=[], version=[], ts=np.empty(0), score=np.empty(0),
-                decision=np.empty(0, dtype=np.bool_), amount=np.empty(0),
-                numeric=np.empty((0, self._n_num)),
-                categorical={name: [] for name in self.categorical_features})
-        astuple = msgspec.structs.astuple
-        # one C-level transpose: event_id, model, version, ts, score, decision, amount,
-        # features (the field order of the Prediction struct)
-        eid_c, model_c, version_c, ts_c, score_c, dec_c, amt_c, feat_c = zip(
-            *map(astuple, structs), strict=True)
-        score = np.array(score_c, dtype=np.float64)
-        ts = _ts_column(ts_c)
-        amount = np.array(amt_c, dtype=np.float64)  # None -> nan
+        n = len(raw.event_id)
+        score, ts, amount, dec = raw.score, raw.ts, raw.amount, raw.decision
+        model_c, version_c = raw.model, raw.version
         with np.errstate(invalid="ignore"):
             bad = ~((score >= 0.0) & (score <= 1.0)) | ~((ts >= 0.0) & (ts < 1e11)) | (
-                amount < 0.0) | (amount > self._max_amount)
+                amount < 0.0) | (amount > self._max_amount) | (dec > 1)
         if not self._allow_unknown_models:
             unknown = set(model_c).difference(self._models)
             if unknown:
                 bad |= np.fromiter(map(unknown.__contains__, model_c), dtype=np.bool_, count=n)
-        if set(map(type, dec_c)) == {bool}:
-            decision = np.array(dec_c, dtype=np.bool_)
-        else:
-            decision = np.empty(n, dtype=np.bool_)
-            for i, d in enumerate(dec_c):
-                if d is None:
-                    decision[i] = score_c[i] >= self.threshold(model_c[i])
-                elif isinstance(d, bool) or d in (0, 1):
-                    decision[i] = bool(d)
-                else:
-                    bad[i] = True
-                    decision[i] = False
-        problems = _flagged_problems(bad, structs, self._validate_prediction)
+        decision = dec == 1
+        for i in np.flatnonzero(dec < 0).tolist():  # none given: the model's threshold
+            decision[i] = score[i] >= self.threshold(model_c[i])
+        problems = _flagged_problems(bad, raw.struct_of, self._validate_prediction)
         # last: a version takes one of the model's slots only with a valid event,
         # in the order of their first valid events
         pairs = zip(model_c, version_c, strict=True)
@@ -562,23 +659,10 @@ class EventCodec:
                 if pair in denied and not bad[i]:
                     bad[i] = True
                     problems[i] = self._too_many_versions(*pair)
-        numeric = np.empty((n, self._n_num), dtype=np.float64)
-        if self._n_num:
-            # the Features struct lists the numeric fields first (n0, n1, ...):
-            # one astuple() per event instead of one getattr() per value
-            n_num = self._n_num
-            rows: Any = map(astuple, feat_c)
-            if self.categorical_features:
-                rows = (r[:n_num] for r in rows)
-            numeric[:] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64,
-                                     count=n * n_num).reshape(n, n_num)  # None -> nan
-        categorical: dict[str, list[object]] = {
-            name: list(map(operator.attrgetter(f"c{i}"), feat_c))
-            for i, name in enumerate(self.categorical_features)}
         cols = PredictionColumns(
-            event_id=list(eid_c), model=list(model_c), version=list(version_c), ts=ts,
-            score=score, decision=decision, amount=amount, numeric=numeric,
-            categorical=categorical,
+            event_id=raw.event_id, model=model_c, version=version_c, ts=ts,
+            score=score, decision=decision, amount=amount, numeric=raw.numeric,
+            categorical=raw.categorical,
             partition=np.fromiter(map(_PARTITION, recs), dtype=np.int64, count=n))
         if not problems:
             return cols
@@ -623,7 +707,7 @@ class EventCodec:
             bad = ((label != 0) & (label != 1)) | (ts < 0.0) | (ts >= 1e11) | np.isinf(ts) | (
                 amount < 0.0) | (amount > self._max_amount)
         keep: npt.NDArray[np.intp] | None = None
-        problems = _flagged_problems(bad, structs, self._validate_label)
+        problems = _flagged_problems(bad, structs.__getitem__, self._validate_label)
         if problems:
             rejected.extend(Rejected(recs[i], *problems[i]) for i in sorted(problems))
             keep = np.flatnonzero(~bad)

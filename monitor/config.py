@@ -289,6 +289,10 @@ class CodecSettings(_Strict):
     allow_unknown_models: bool = False
     # amounts above this are rejected (bad_amount): squared sums must stay finite
     max_amount: float = Field(1e12, gt=0, le=1e100)
+    # decode plain-JSON prediction batches with the compiled yyjson fast path
+    # (monitor/_native) when it is built; any batch it is not certain of goes to
+    # msgspec, so results are the same either way (false: msgspec only)
+    fast_decode: bool = True
 
 
 class WebhookSettings(_Strict):

@@ -235,3 +235,43 @@ def kcat_command(tmp_path: Path) -> tuple[str, dict[str, str]]:
         raise RuntimeError(f"kcat runs on librdkafka {version}, which cannot talk to tansu; "
                            "install the dev extra (confluent-kafka bundles a fixed one)")
     return kcat, env
+
+
+def _codec_variant(settings: Any, fast: bool) -> Any:
+    from monitor.codec import EventCodec
+
+    codec_cfg = settings.codec.model_copy(update={"fast_decode": fast})
+    return EventCodec(settings.model_copy(update={"codec": codec_cfg}),
+                      version_allowed=lambda model, version: True)
+
+
+def decoded_outcome(batch: Any) -> tuple[str, list[tuple[int, str, str]]]:
+    """A decoded batch as comparable data: every column (types kept: ``True``,
+    ``1`` and ``1.0`` differ; nan kept) and every rejection's record, reason
+    and detail, in order."""
+    p, lab = batch.predictions, batch.labels
+    cols = {
+        "event_id": p.event_id, "model": p.model, "version": p.version,
+        "ts": p.ts.tolist(), "score": p.score.tolist(), "decision": p.decision.tolist(),
+        "amount": p.amount.tolist(), "numeric": p.numeric.tolist(),
+        "numeric_shape": list(p.numeric.shape),
+        "categorical": {k: [[type(v).__name__, v] for v in vs]
+                        for k, vs in p.categorical.items()},
+        "partition": p.partition.tolist(), "dtypes": [str(a.dtype) for a in (
+            p.ts, p.score, p.decision, p.amount, p.numeric, p.partition)],
+        "labels": [lab.event_id, lab.label.tolist(), lab.ts.tolist(), lab.amount.tolist()],
+    }
+    rejected = [(id(rj.record), rj.reason, rj.detail) for rj in batch.rejected]
+    return json.dumps(cols, default=repr), rejected
+
+
+def assert_fast_path_agrees(settings: Any, preds: Any, labels: Any = ()) -> bool:
+    """Decode one batch with the compiled fast path on and off (fresh codecs, no
+    version cap) and require the same outcome; returns whether the fast path
+    took the batch."""
+    fast, slow = _codec_variant(settings, True), _codec_variant(settings, False)
+    got, want = decoded_outcome(fast.decode(preds, labels)), decoded_outcome(
+        slow.decode(preds, labels))
+    if got != want:
+        raise AssertionError(f"fast path differs from msgspec:\nfast: {got}\nslow: {want}")
+    return bool(fast.fast_batches)

@@ -39,7 +39,7 @@ from monitor.metrics import SourceStatus
 from monitor.service import Service
 from monitor.sources import MemoryDeadLetterSink, SourceBatch
 from monitor.traffic import NUMERIC_FEATURES
-from tests.support import MODEL, fit_reference, write_config
+from tests.support import MODEL, assert_fast_path_agrees, fit_reference, write_config
 
 LIMIT = 2048  # max_message_bytes of the codec under test
 ROOMY = 1 << 16  # for inputs that must not be cut short by the size limit
@@ -58,6 +58,8 @@ def fuzz(max_examples: int) -> Callable[[Any], Any]:
 #: records fed to ``codec.decode`` (or ``Service.handle``), per test
 INPUTS: Counter[str] = Counter()
 MIN_TOTAL_INPUTS = 100_000
+#: batches decoded with the fast path on and off by ``check``, and those it took
+FAST: Counter[str] = Counter()
 
 # ---------------------------------------------------------------------------
 # codecs
@@ -189,6 +191,9 @@ def check(codec: EventCodec, test: str, preds: Sequence[RawRecord],
     """Decode one batch and check the contract; returns it and ``{id(record): reason}``."""
     batch = codec.decode(preds, labels)  # any exception fails the test
     INPUTS[test] += len(preds) + len(labels)
+    # the compiled fast path must agree with msgspec on every batch, bad ones too
+    FAST["compared"] += 1
+    FAST["taken"] += assert_fast_path_agrees(codec.settings, preds, labels)
     pred_ids = {id(r) for r in preds}
     label_ids = {id(r) for r in labels}
     assert len(pred_ids) == len(preds)
@@ -1112,5 +1117,8 @@ def test_total_inputs_fed_to_the_codec() -> None:
     if len(ran) < len(FUZZ_TESTS):
         pytest.skip(f"only {ran} of the fuzz tests ran in this session")
     total = sum(INPUTS[t] for t in FUZZ_TESTS)
-    print(f"fuzz inputs: {total} {dict(INPUTS)}")
+    print(f"fuzz inputs: {total} {dict(INPUTS)}; fast path: {dict(FAST)}")
     assert total >= MIN_TOTAL_INPUTS, dict(INPUTS)
+    # the fast-path equivalence ran on every batch (tests/unit/test_codec_fast.py
+    # covers batches it accepts: here nearly every batch holds a bad record)
+    assert FAST["compared"] >= 1_000, dict(FAST)

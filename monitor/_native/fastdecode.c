@@ -1,0 +1,562 @@
+/*
+ * driftgate: a fast path that decodes a batch of plain-JSON prediction events
+ * straight into columns.
+ *
+ * Parsing is done by yyjson (vendored beside this file, MIT licence in
+ * yyjson.h): strict RFC 8259, UTF-8 validated, numbers correctly rounded, big
+ * numbers read as raw text. This file only walks each parsed document and
+ * copies typed values into caller-provided buffers (numpy arrays, through the
+ * buffer protocol) and Python lists.
+ *
+ * It is a fast path, not a second validator: every record must be one the
+ * msgspec decoder in monitor/codec.py would decode to exactly these values.
+ * Whenever that is not certain (a parse error, a wrong type, a missing
+ * required field, a duplicated known key, a string timestamp, a big number,
+ * a deep nesting, a string length out of bounds, an integer decision other
+ * than 0/1, ...) the call gives up and returns the index of that record; the
+ * caller then decodes the whole batch with msgspec, which finds and explains
+ * the bad records. Range checks (score in [0, 1], timestamps, amounts, known
+ * models) are left to the caller, which applies them to whole columns.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+#include "yyjson.h"
+
+/* known top-level fields, in this order in the `keys` argument */
+enum { K_EVENT_ID, K_MODEL, K_VERSION, K_TS, K_SCORE, K_DECISION, K_AMOUNT, K_FEATURES,
+       N_KEYS };
+#define REQUIRED ((1u << K_EVENT_ID) | (1u << K_MODEL) | (1u << K_VERSION) | \
+                  (1u << K_TS) | (1u << K_SCORE))
+/* unknown fields are skipped; deeper containers than this go to msgspec */
+#define MAX_SKIP_DEPTH 32
+
+typedef struct {
+    const char *ptr;
+    Py_ssize_t len;
+} name_t;
+
+typedef struct {
+    name_t top[N_KEYS];
+    name_t *feat;        /* numeric features, then categorical ones */
+    Py_ssize_t n_num;
+    Py_ssize_t n_feat;
+    unsigned char *seen; /* per feature, reset per record */
+} spec_t;
+
+static int
+name_eq(yyjson_val *key, const name_t *name)
+{
+    return (Py_ssize_t)yyjson_get_len(key) == name->len &&
+           memcmp(yyjson_get_str(key), name->ptr, (size_t)name->len) == 0;
+}
+
+/* depth of a value, counting down from `budget`; -1 once beyond it */
+static int
+depth_within(yyjson_val *val, int budget)
+{
+    if (!yyjson_is_ctn(val)) {
+        return 0;
+    }
+    if (budget <= 0) {
+        return -1;
+    }
+    size_t idx, max;
+    yyjson_val *k, *v;
+    if (yyjson_is_arr(val)) {
+        yyjson_arr_foreach(val, idx, max, v) {
+            if (depth_within(v, budget - 1) < 0) {
+                return -1;
+            }
+        }
+    } else {
+        yyjson_obj_foreach(val, idx, max, k, v) {
+            if (depth_within(v, budget - 1) < 0) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* a JSON number as a double, as msgspec decodes it into a `float` field;
+ * 0 if the value is not a number (bool, null, raw big number, ...) */
+static int
+as_double(yyjson_val *val, double *out)
+{
+    switch (yyjson_get_tag(val)) {
+    case YYJSON_TYPE_NUM | YYJSON_SUBTYPE_REAL:
+        *out = yyjson_get_real(val);
+        return isfinite(*out);
+    case YYJSON_TYPE_NUM | YYJSON_SUBTYPE_UINT:
+        *out = (double)yyjson_get_uint(val);
+        return 1;
+    case YYJSON_TYPE_NUM | YYJSON_SUBTYPE_SINT:
+        *out = (double)yyjson_get_sint(val);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* a str of 1..max_chars code points, reusing `*prev` when equal */
+static PyObject *
+as_name(yyjson_val *val, Py_ssize_t max_chars, PyObject **prev)
+{
+    if (!yyjson_is_str(val)) {
+        return NULL;
+    }
+    const char *s = yyjson_get_str(val);
+    Py_ssize_t n = (Py_ssize_t)yyjson_get_len(val);
+    if (*prev != NULL) {
+        Py_ssize_t plen;
+        const char *p = PyUnicode_AsUTF8AndSize(*prev, &plen);
+        if (p != NULL && plen == n && memcmp(p, s, (size_t)n) == 0) {
+            Py_INCREF(*prev);
+            return *prev;
+        }
+    }
+    PyObject *str = PyUnicode_DecodeUTF8(s, n, "strict");
+    if (str == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_ssize_t chars = PyUnicode_GET_LENGTH(str);
+    if (chars < 1 || chars > max_chars) {
+        Py_DECREF(str);
+        return NULL;
+    }
+    Py_XSETREF(*prev, Py_NewRef(str));
+    return str;
+}
+
+/* a categorical value as msgspec decodes `str | int | float | bool | None` */
+static PyObject *
+as_category(yyjson_val *val)
+{
+    switch (yyjson_get_tag(val)) {
+    case YYJSON_TYPE_NULL | YYJSON_SUBTYPE_NONE:
+        Py_RETURN_NONE;
+    case YYJSON_TYPE_BOOL | YYJSON_SUBTYPE_TRUE:
+        Py_RETURN_TRUE;
+    case YYJSON_TYPE_BOOL | YYJSON_SUBTYPE_FALSE:
+        Py_RETURN_FALSE;
+    case YYJSON_TYPE_NUM | YYJSON_SUBTYPE_UINT:
+        return PyLong_FromUnsignedLongLong(yyjson_get_uint(val));
+    case YYJSON_TYPE_NUM | YYJSON_SUBTYPE_SINT:
+        return PyLong_FromLongLong(yyjson_get_sint(val));
+    case YYJSON_TYPE_NUM | YYJSON_SUBTYPE_REAL: {
+        double d = yyjson_get_real(val);
+        return isfinite(d) ? PyFloat_FromDouble(d) : NULL;
+    }
+    case YYJSON_TYPE_STR | YYJSON_SUBTYPE_NONE:
+    case YYJSON_TYPE_STR | YYJSON_SUBTYPE_NOESC: {
+        PyObject *s = PyUnicode_DecodeUTF8(yyjson_get_str(val),
+                                           (Py_ssize_t)yyjson_get_len(val), "strict");
+        if (s == NULL) {
+            PyErr_Clear();
+        }
+        return s;
+    }
+    default:
+        return NULL;
+    }
+}
+
+/* the features object of record `row`; 0 to give up */
+static int
+read_features(yyjson_val *obj, spec_t *spec, Py_ssize_t row, double *numeric,
+              PyObject **cat_lists)
+{
+    if (!yyjson_is_obj(obj)) {
+        return 0;
+    }
+    Py_ssize_t n_feat = spec->n_feat, n_num = spec->n_num;
+    memset(spec->seen, 0, (size_t)n_feat);
+    double *out = numeric + row * n_num;
+    for (Py_ssize_t j = 0; j < n_num; j++) {
+        out[j] = NAN;
+    }
+    size_t idx, max;
+    yyjson_val *k, *v;
+    Py_ssize_t hint = 0;
+    yyjson_obj_foreach(obj, idx, max, k, v) {
+        Py_ssize_t j = -1;
+        /* features usually come in the configured order: start at the hint */
+        for (Py_ssize_t t = 0; t < n_feat; t++) {
+            Py_ssize_t c = hint + t;
+            if (c >= n_feat) {
+                c -= n_feat;
+            }
+            if (name_eq(k, &spec->feat[c])) {
+                j = c;
+                break;
+            }
+        }
+        if (j < 0) {
+            if (depth_within(v, MAX_SKIP_DEPTH) < 0) {
+                return 0;
+            }
+            continue;
+        }
+        if (spec->seen[j]) {
+            return 0; /* duplicated key: let msgspec decide */
+        }
+        spec->seen[j] = 1;
+        hint = j + 1 < n_feat ? j + 1 : 0;
+        if (j < n_num) {
+            if (yyjson_is_null(v)) {
+                continue;
+            }
+            if (!as_double(v, &out[j])) {
+                return 0;
+            }
+        } else {
+            PyObject *item = as_category(v);
+            if (item == NULL) {
+                return 0;
+            }
+            PyObject *list = cat_lists[j - n_num];
+            /* the list holds None at `row` already */
+            PyList_SET_ITEM(list, row, item);
+            Py_DECREF(Py_None);
+        }
+    }
+    return 1;
+}
+
+typedef struct {
+    double *ts, *score, *amount, *numeric;
+    signed char *decision;
+} outbufs_t;
+
+/* one record; 0 to give up */
+static int
+read_record(yyjson_val *root, spec_t *spec, Py_ssize_t row, outbufs_t *o,
+            PyObject *ids, PyObject *models, PyObject *versions, PyObject **cat_lists,
+            PyObject **prev_model, PyObject **prev_version)
+{
+    if (!yyjson_is_obj(root)) {
+        return 0;
+    }
+    unsigned seen = 0;
+    o->decision[row] = -1;
+    o->amount[row] = NAN;
+    size_t idx, max;
+    yyjson_val *k, *v;
+    int have_features = 0;
+    yyjson_obj_foreach(root, idx, max, k, v) {
+        int f = -1;
+        for (int t = 0; t < N_KEYS; t++) {
+            if (name_eq(k, &spec->top[t])) {
+                f = t;
+                break;
+            }
+        }
+        if (f < 0) {
+            if (depth_within(v, MAX_SKIP_DEPTH) < 0) {
+                return 0;
+            }
+            continue;
+        }
+        if (seen & (1u << f)) {
+            return 0;
+        }
+        seen |= 1u << f;
+        PyObject *s;
+        switch (f) {
+        case K_EVENT_ID: {
+            PyObject *none = NULL;
+            s = as_name(v, 256, &none);
+            Py_XDECREF(none);
+            if (s == NULL) {
+                return 0;
+            }
+            PyList_SET_ITEM(ids, row, s);
+            break;
+        }
+        case K_MODEL:
+            if ((s = as_name(v, 128, prev_model)) == NULL) {
+                return 0;
+            }
+            PyList_SET_ITEM(models, row, s);
+            break;
+        case K_VERSION:
+            if ((s = as_name(v, 128, prev_version)) == NULL) {
+                return 0;
+            }
+            PyList_SET_ITEM(versions, row, s);
+            break;
+        case K_TS:
+            if (!as_double(v, &o->ts[row])) {
+                return 0; /* RFC 3339 strings go to msgspec */
+            }
+            break;
+        case K_SCORE:
+            if (!as_double(v, &o->score[row])) {
+                return 0;
+            }
+            break;
+        case K_DECISION:
+            switch (yyjson_get_tag(v)) {
+            case YYJSON_TYPE_NULL | YYJSON_SUBTYPE_NONE:
+                break;
+            case YYJSON_TYPE_BOOL | YYJSON_SUBTYPE_TRUE:
+                o->decision[row] = 1;
+                break;
+            case YYJSON_TYPE_BOOL | YYJSON_SUBTYPE_FALSE:
+                o->decision[row] = 0;
+                break;
+            case YYJSON_TYPE_NUM | YYJSON_SUBTYPE_UINT:
+                if (yyjson_get_uint(v) > 1) {
+                    return 0;
+                }
+                o->decision[row] = (signed char)yyjson_get_uint(v);
+                break;
+            default:
+                return 0;
+            }
+            break;
+        case K_AMOUNT:
+            if (!yyjson_is_null(v) && !as_double(v, &o->amount[row])) {
+                return 0;
+            }
+            break;
+        case K_FEATURES:
+            if (!read_features(v, spec, row, o->numeric, cat_lists)) {
+                return 0;
+            }
+            have_features = 1;
+            break;
+        }
+    }
+    if ((seen & REQUIRED) != REQUIRED) {
+        return 0;
+    }
+    if (!have_features) {
+        double *out = o->numeric + row * spec->n_num;
+        for (Py_ssize_t j = 0; j < spec->n_num; j++) {
+            out[j] = NAN;
+        }
+    }
+    return 1;
+}
+
+static int
+get_names(PyObject *seq, name_t *out, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyTuple_GET_ITEM(seq, i);
+        if (!PyBytes_Check(b)) {
+            PyErr_SetString(PyExc_TypeError, "field names must be bytes");
+            return 0;
+        }
+        out[i].ptr = PyBytes_AS_STRING(b);
+        out[i].len = PyBytes_GET_SIZE(b);
+    }
+    return 1;
+}
+
+static int
+get_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize, Py_ssize_t count,
+           const char *what)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        return 0;
+    }
+    if (view->len != itemsize * count) {
+        PyErr_Format(PyExc_ValueError, "%s buffer has %zd bytes, need %zd", what,
+                     view->len, itemsize * count);
+        PyBuffer_Release(view);
+        return 0;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(decode_predictions_doc,
+"decode_predictions(values, keys, features, n_numeric, ts, score, decision, amount, numeric)\n"
+"--\n\n"
+"Decode plain-JSON prediction events into columns.\n\n"
+"values: list of bytes; keys: tuple of 8 bytes (event_id, model, model_version,\n"
+"ts, score, decision, amount, features field names); features: tuple of bytes\n"
+"(the numeric feature names, then the categorical ones); ts, score, amount:\n"
+"writable float64 buffers of len(values); decision: writable int8 buffer\n"
+"(-1 = none given); numeric: writable float64 buffer of len(values) x n_numeric.\n\n"
+"Returns (event_ids, models, versions, categorical_lists), or the index of the\n"
+"first record this fast path leaves to the full decoder.");
+
+static PyObject *
+decode_predictions(PyObject *self, PyObject *args)
+{
+    PyObject *values, *keys, *features, *ts_o, *score_o, *dec_o, *amt_o, *num_o;
+    Py_ssize_t n_num;
+    if (!PyArg_ParseTuple(args, "O!O!O!nOOOOO", &PyList_Type, &values, &PyTuple_Type, &keys,
+                          &PyTuple_Type, &features, &n_num, &ts_o, &score_o, &dec_o, &amt_o,
+                          &num_o)) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    Py_ssize_t n_feat = PyTuple_GET_SIZE(features);
+    if (PyTuple_GET_SIZE(keys) != N_KEYS || n_num < 0 || n_num > n_feat) {
+        PyErr_SetString(PyExc_ValueError, "need 8 keys and n_numeric <= len(features)");
+        return NULL;
+    }
+    spec_t spec;
+    memset(&spec, 0, sizeof spec);
+    spec.n_num = n_num;
+    spec.n_feat = n_feat;
+    PyObject *result = NULL, *ids = NULL, *models = NULL, *versions = NULL;
+    PyObject **cat_lists = NULL;
+    PyObject *prev_model = NULL, *prev_version = NULL;
+    void *pool = NULL;
+    Py_buffer b_ts = {0}, b_score = {0}, b_dec = {0}, b_amt = {0}, b_num = {0};
+    Py_ssize_t n_cat = n_feat - n_num;
+
+    if (!get_names(keys, spec.top, N_KEYS)) {
+        return NULL;
+    }
+    spec.feat = PyMem_Calloc((size_t)(n_feat ? n_feat : 1), sizeof(name_t));
+    spec.seen = PyMem_Calloc((size_t)(n_feat ? n_feat : 1), 1);
+    cat_lists = PyMem_Calloc((size_t)(n_cat ? n_cat : 1), sizeof(PyObject *));
+    if (spec.feat == NULL || spec.seen == NULL || cat_lists == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!get_names(features, spec.feat, n_feat)) {
+        goto done;
+    }
+    if (!get_buffer(ts_o, &b_ts, 8, n, "ts") || !get_buffer(score_o, &b_score, 8, n, "score")
+        || !get_buffer(dec_o, &b_dec, 1, n, "decision")
+        || !get_buffer(amt_o, &b_amt, 8, n, "amount")
+        || !get_buffer(num_o, &b_num, 8, n * n_num, "numeric")) {
+        goto done;
+    }
+    outbufs_t o = {b_ts.buf, b_score.buf, b_amt.buf, b_num.buf, b_dec.buf};
+    ids = PyList_New(n);
+    models = PyList_New(n);
+    versions = PyList_New(n);
+    if (ids == NULL || models == NULL || versions == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t c = 0; c < n_cat; c++) {
+        if ((cat_lists[c] = PyList_New(n)) == NULL) {
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyList_SET_ITEM(cat_lists[c], i, Py_NewRef(Py_None));
+        }
+    }
+    size_t max_len = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (!PyBytes_Check(v)) {
+            result = PyLong_FromSsize_t(i);
+            goto done;
+        }
+        if ((size_t)PyBytes_GET_SIZE(v) > max_len) {
+            max_len = (size_t)PyBytes_GET_SIZE(v);
+        }
+    }
+    const yyjson_read_flag flags = YYJSON_READ_BIGNUM_AS_RAW;
+    size_t pool_size = yyjson_read_max_memory_usage(max_len, flags);
+    pool = PyMem_Malloc(pool_size ? pool_size : 64);
+    if (pool == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    yyjson_alc alc;
+    Py_ssize_t bail = -1;
+    for (Py_ssize_t i = 0; i < n && bail < 0; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (!yyjson_alc_pool_init(&alc, pool, pool_size)) {
+            bail = i;
+            break;
+        }
+        yyjson_doc *doc = yyjson_read_opts(PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v),
+                                           flags, &alc, NULL);
+        if (doc == NULL) {
+            bail = i;
+            break;
+        }
+        if (!read_record(yyjson_doc_get_root(doc), &spec, i, &o, ids, models, versions,
+                         cat_lists, &prev_model, &prev_version)) {
+            bail = i;
+        }
+        yyjson_doc_free(doc);
+    }
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    if (bail >= 0) {
+        result = PyLong_FromSsize_t(bail);
+        goto done;
+    }
+    PyObject *cats = PyTuple_New(n_cat);
+    if (cats == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t c = 0; c < n_cat; c++) {
+        PyTuple_SET_ITEM(cats, c, cat_lists[c]);
+        cat_lists[c] = NULL;
+    }
+    result = PyTuple_Pack(4, ids, models, versions, cats);
+    Py_DECREF(cats);
+
+done:
+    /* a list that gave up part-way holds NULL slots: fill them before freeing */
+    {
+        PyObject *lists[3] = {ids, models, versions};
+        for (int l = 0; l < 3; l++) {
+            if (lists[l] != NULL && (result == NULL || PyLong_Check(result))) {
+                for (Py_ssize_t i = 0; i < n; i++) {
+                    if (PyList_GET_ITEM(lists[l], i) == NULL) {
+                        PyList_SET_ITEM(lists[l], i, Py_NewRef(Py_None));
+                    }
+                }
+            }
+        }
+    }
+    Py_XDECREF(ids);
+    Py_XDECREF(models);
+    Py_XDECREF(versions);
+    Py_XDECREF(prev_model);
+    Py_XDECREF(prev_version);
+    if (cat_lists != NULL) {
+        for (Py_ssize_t c = 0; c < n_cat; c++) {
+            Py_XDECREF(cat_lists[c]);
+        }
+    }
+    PyMem_Free(cat_lists);
+    PyMem_Free(spec.feat);
+    PyMem_Free(spec.seen);
+    PyMem_Free(pool);
+    if (b_ts.obj) PyBuffer_Release(&b_ts);
+    if (b_score.obj) PyBuffer_Release(&b_score);
+    if (b_dec.obj) PyBuffer_Release(&b_dec);
+    if (b_amt.obj) PyBuffer_Release(&b_amt);
+    if (b_num.obj) PyBuffer_Release(&b_num);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"decode_predictions", decode_predictions, METH_VARARGS, decode_predictions_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "monitor._fastdecode",
+    "A yyjson-based fast path that decodes prediction events into columns.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__fastdecode(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "YYJSON_VERSION", YYJSON_VERSION_STRING) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
