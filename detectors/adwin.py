@@ -9,6 +9,7 @@ change when two sub-windows differ in mean by more than a bound set by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import length_hint
 from typing import Any
 
 import numpy as np
@@ -139,15 +140,17 @@ class BatchADWIN:
             # river's ADWIN.update(x) is: reset if the last update detected a
             # change, then feed x to the compiled AdaptiveWindowing helper. The
             # same steps, without the Python wrapper call per value:
+            # any() feeds values in C and stops right after a detection; the
+            # list iterator's length hint then gives that value's position
+            values_left = iter(arr.tolist())
+            n = int(arr.size)
             detected = bool(adwin._drift_detected)
-            update = adwin._helper.update
-            for i, x in enumerate(arr.tolist()):
+            while length_hint(values_left):
                 if detected:
                     adwin._reset()
-                    update = adwin._helper.update
-                detected = update(x)
+                detected = any(map(adwin._helper.update, values_left))
                 if detected:
-                    positions.append(i)
+                    positions.append(n - length_hint(values_left) - 1)
             adwin._drift_detected = detected
         else:  # another river layout: the public API
             for i, x in enumerate(arr.tolist()):

@@ -238,6 +238,7 @@ def _flagged_problems(bad: npt.NDArray[np.bool_], struct_of: Callable[[int], Any
 
 
 _PARTITION = operator.attrgetter("partition")
+_HEADERS = operator.attrgetter("headers")
 _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 
@@ -469,7 +470,7 @@ class EventCodec:
         """
         if len(records) < 2:
             return None
-        if self._cloudevents and any(r.headers for r in records):
+        if self._cloudevents and any(map(_HEADERS, records)):
             return None
         values = [r.value for r in records]
         if None in values:
@@ -539,7 +540,7 @@ class EventCodec:
         n = len(records)
         if fast is None or n == 0:
             return None
-        if self._cloudevents and any(r.headers for r in records):
+        if self._cloudevents and any(map(_HEADERS, records)):
             return None
         values = [r.value for r in records]
         if None in values or max(map(len, values)) > self._max_bytes:  # type: ignore[arg-type]
