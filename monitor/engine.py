@@ -160,6 +160,17 @@ class BatchStats:
     joined: int = 0
 
 
+
+def _entry_columns(entries: list[Any]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64],
+                                                npt.NDArray[np.bool_], npt.NDArray[np.float64]]:
+    """The version index, slice, decision and amount columns of pending-prediction
+    entries ``(version index, slice, decision, amount, ts, partition)``."""
+    # one C pass into a float matrix: version indexes and slice ids (below 1e11
+    # / slice length) are integers far below 2**53, so they come back exactly
+    m = np.array(entries, dtype=np.float64).reshape(len(entries), 6)
+    return (m[:, 0].astype(np.intp), m[:, 1].astype(np.int64), m[:, 2] != 0.0,
+            np.ascontiguousarray(m[:, 3]))
+
 class Engine:
     """Window state for every (model, version), fed by decoded batches.
 
@@ -340,10 +351,9 @@ class Engine:
         score_idx = ref.score.bin_index(cols.score[:, None])
         # group rows by (model, version) with a dict (no np.unique over an object
         # array of joined strings); groups are visited in sorted key order
-        group_of = {k: i for i, k in enumerate(dict.fromkeys(
-            zip(cols.model, cols.version, strict=True)))}
-        inverse = np.fromiter(map(group_of.__getitem__, zip(cols.model, cols.version, strict=True)),
-                              dtype=np.intp, count=n)
+        keys = list(zip(cols.model, cols.version, strict=True))
+        group_of = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        inverse = np.fromiter(map(group_of.__getitem__, keys), dtype=np.intp, count=n)
         for model, version in sorted(group_of):
             st = self.state(model, version)
             rows = np.flatnonzero(inverse == group_of[(model, version)])
@@ -390,7 +400,10 @@ class Engine:
             # the common case: no duplicate; bulk inserts, and only the events
             # whose label came first are looked at one by one
             hits = orphans.keys() & idset if orphans else None
-            if not hits:
+            if not hits and self._pending_log is None:
+                pending.update(zip(ids, entries, strict=True))
+                new = {}
+            elif not hits:
                 new = dict(zip(ids, entries, strict=True))
             else:
                 pairs = list(zip(ids, entries, strict=True))
@@ -403,10 +416,11 @@ class Engine:
                         self._orphan_log.delete(eid, orphan[3])
                     joined.append((entry[0], entry[1], entry[2], entry[3], orphan[0],
                                    orphan[1]))
-                self._apply_joined(joined, stats)
-            pending.update(new)
-            if self._pending_log is not None:
-                self._pending_log.put_many(new)
+                self._apply_joined_rows(joined, stats)
+            if new:
+                pending.update(new)
+                if self._pending_log is not None:
+                    self._pending_log.put_many(new)
         else:
             joined_rows: list[tuple[int, int, bool, float, int, float]] = []
             for eid, entry in zip(ids, entries, strict=True):
@@ -424,7 +438,7 @@ class Engine:
                 if self._pending_log is not None:
                     self._pending_log.put(eid, entry)
             if joined_rows:
-                self._apply_joined(joined_rows, stats)
+                self._apply_joined_rows(joined_rows, stats)
         cap = self.settings.join.max_pending
         while len(pending) > cap:
             eid, entry = pending.popitem(last=False)
@@ -437,16 +451,21 @@ class Engine:
         self.labels_total += len(cols)
         pending = self._pending
         orphans = self._orphans
-        joined_rows: list[tuple[int, int, bool, float, int, float]] = []
-        labels = cols.label.tolist()
-        amounts = cols.amount.tolist()
-        label_ts = cols.ts.tolist()
         n = len(cols)
-        part = cols.partition.tolist() if cols.partition.size == n else [0] * n
+        ids = cols.event_id
+        # every label takes its prediction out of the buffer, in order, in C; only
+        # the labels without one are looked at one by one (they become orphans)
+        found = list(map(pending.pop, ids, itertools.repeat(None, n)))
+        hit = np.fromiter(map(operator.is_not, found, itertools.repeat(None, n)),
+                          dtype=np.bool_, count=n)
         plog, olog = self._pending_log, self._orphan_log
-        for i, eid in enumerate(cols.event_id):
-            p = pending.pop(eid, None)
-            if p is None:
+        if not hit.all():
+            labels = cols.label.tolist()
+            amounts = cols.amount.tolist()
+            label_ts = cols.ts.tolist()
+            part = cols.partition.tolist() if cols.partition.size == n else [0] * n
+            for i in np.flatnonzero(~hit).tolist():
+                eid = ids[i]
                 if eid in orphans:
                     self.duplicates["label"] += 1
                     continue
@@ -462,12 +481,14 @@ class Engine:
                 orphans[eid] = entry = (labels[i], amounts[i], t, part[i])
                 if olog is not None:
                     olog.put(eid, entry)
-                continue
+            found = list(itertools.compress(found, hit.tolist()))
+        if found:
             if plog is not None:
-                plog.delete(eid, p[5])
-            joined_rows.append((p[0], p[1], p[2], p[3], labels[i], amounts[i]))
-        if joined_rows:
-            self._apply_joined(joined_rows, stats)
+                for eid, p in zip(itertools.compress(ids, hit.tolist()), found, strict=True):
+                    plog.delete(eid, p[5])
+            vi, sid, dec, amt = _entry_columns(found)
+            self._apply_joined(vi, sid, dec, amt, cols.label[hit].astype(np.bool_),
+                               cols.amount[hit], stats)
         cap = self.settings.join.max_orphan_labels
         while len(orphans) > cap:
             eid, o = orphans.popitem(last=False)
@@ -475,22 +496,40 @@ class Engine:
                 olog.delete(eid, o[3])
             self.unmatched_labels["capacity"] += 1
 
-    def _apply_joined(
+    def _apply_joined_rows(
         self,
         rows: list[tuple[int, int, bool, float, int, float]],
         stats: BatchStats,
     ) -> None:
-        by_key: dict[int, list[int]] = {}
-        for i, r in enumerate(rows):
-            by_key.setdefault(r[0], []).append(i)
-        for vi, idxs in by_key.items():
+        """Apply joined (version, slice, decision, amount, label, label amount) rows."""
+        vi, sid, dec, amt, lab, lamt = zip(*rows, strict=True)
+        self._apply_joined(np.array(vi, dtype=np.intp), np.array(sid, dtype=np.int64),
+                           np.array(dec, dtype=np.bool_), np.array(amt, dtype=np.float64),
+                           np.array(lab, dtype=np.bool_), np.array(lamt, dtype=np.float64),
+                           stats)
+
+    def _apply_joined(
+        self,
+        vis: npt.NDArray[np.intp],
+        sids: npt.NDArray[np.int64],
+        decisions: npt.NDArray[np.bool_],
+        pred_amounts: npt.NDArray[np.float64],
+        labels: npt.NDArray[np.bool_],
+        label_amounts: npt.NDArray[np.float64],
+        stats: BatchStats,
+    ) -> None:
+        """Count joined predictions: one row per (prediction, label) pair, in label
+        order, with the prediction's version index, slice, decision and amount and
+        the label and its amount."""
+        for vi in dict.fromkeys(vis.tolist()):
             key = self._vkeys[vi]
             st = self.state(*key)
-            sid = np.array([rows[i][1] for i in idxs], dtype=np.int64)
-            d = np.array([rows[i][2] for i in idxs], dtype=bool)
-            y = np.array([rows[i][4] for i in idxs], dtype=bool)
-            pa = np.array([rows[i][3] for i in idxs], dtype=np.float64)
-            la = np.array([rows[i][5] for i in idxs], dtype=np.float64)
+            rows = np.flatnonzero(vis == vi)
+            sid = sids[rows]
+            d = decisions[rows]
+            y = labels[rows]
+            pa = pred_amounts[rows]
+            la = label_amounts[rows]
             amount = np.where(np.isnan(pa), la, pa)
             amount = np.where(np.isnan(amount), 0.0, amount)
             cell = np.where(y, np.where(d, _TP, _FN), np.where(d, _FP, _TN))
@@ -507,10 +546,10 @@ class Engine:
             np.add.at(amounts, (local[missed], _MISSED_SQ), amount[missed] ** 2)
             refused = st.kpi_counts.add_many(u_sids, counts)
             st.kpi_amounts.add_many(u_sids, amounts)
-            for sid in u_sids.tolist():
-                if sid not in refused:
-                    self.touched.add((key[0], key[1], "kpi_counts", sid))
-                    self.touched.add((key[0], key[1], "kpi_amounts", sid))
+            for s_id in u_sids.tolist():
+                if s_id not in refused:
+                    self.touched.add((key[0], key[1], "kpi_counts", s_id))
+                    self.touched.add((key[0], key[1], "kpi_amounts", s_id))
             if refused.size:
                 st.late_labels_total += int(counts[np.isin(u_sids, refused)].sum())
             st.confusion_total = st.confusion_total + ConfusionCounts(
@@ -521,8 +560,8 @@ class Engine:
                 caught_amount_sq=float((amount[caught] ** 2).sum()),
                 missed_amount_sq=float((amount[missed] ** 2).sum()),
             )
-            st.labels_joined_total += len(idxs)
-            stats.joined += len(idxs)
+            st.labels_joined_total += rows.size
+            stats.joined += rows.size
             res = st.adwin_error.update((d != y).astype(np.float64))
             st.adwin_error_detections += int(res.change_positions.size)
 

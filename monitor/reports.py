@@ -85,18 +85,26 @@ class SliceReservoir:
             if free:
                 sl.numeric[sl.filled:sl.filled + free] = numeric[take]
                 sl.score[sl.filled:sl.filled + free] = score[take]
-                for j, i in enumerate(take.tolist()):
-                    sl.categorical[sl.filled + j] = list(categorical[i])
+                if self.n_categorical:
+                    for j, i in enumerate(take.tolist()):
+                        sl.categorical[sl.filled + j] = list(categorical[i])
                 sl.filled += free
             sl.seen += free
             if rest.size:
                 positions = self._rng.integers(0, sl.seen + np.arange(1, rest.size + 1))
                 sl.seen += rest.size
                 keep = positions < k
-                for pos, i in zip(positions[keep].tolist(), rest[keep].tolist(), strict=True):
-                    sl.numeric[pos] = numeric[i]
-                    sl.score[pos] = score[i]
-                    sl.categorical[pos] = list(categorical[i])
+                pos, src = positions[keep], rest[keep]
+                if pos.size:
+                    # algorithm R replaces one by one: of the rows drawn for the
+                    # same place, the last one stays
+                    last = pos.size - 1 - np.unique(pos[::-1], return_index=True)[1]
+                    pos, src = pos[last], src[last]
+                    sl.numeric[pos] = numeric[src]
+                    sl.score[pos] = score[src]
+                    if self.n_categorical:
+                        for p, i in zip(pos.tolist(), src.tolist(), strict=True):
+                            sl.categorical[p] = list(categorical[i])
 
     def expire(self, oldest: int) -> None:
         """Drop slices older than ``oldest``."""

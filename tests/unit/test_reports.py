@@ -122,3 +122,63 @@ def test_report_route_and_cli(tmp_path: Path) -> None:
         asyncio.run_coroutine_threadsafe(runner_box["r"].cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def _algorithm_r(res: SliceReservoir, slice_ids: Any, numeric: Any, cats: list[list[object]],
+                 score: Any) -> int:
+    """Reference: the reservoir's draws applied one row at a time (algorithm R);
+    returns how many kept draws hit a place already drawn in the same batch."""
+    from monitor.reports import _Slice
+
+    k = res.per_slice
+    repeats = 0
+    for sid in np.unique(slice_ids).tolist():
+        rows = np.flatnonzero(slice_ids == sid)
+        sl = res.slices.get(sid)
+        if sl is None:
+            sl = res.slices[sid] = _Slice(np.empty((k, res.n_numeric)),
+                                          [[] for _ in range(k)], np.empty(k))
+        free = min(k - sl.filled, rows.size)
+        for j, i in enumerate(rows[:free].tolist()):
+            sl.numeric[sl.filled + j] = numeric[i]
+            sl.score[sl.filled + j] = score[i]
+            sl.categorical[sl.filled + j] = list(cats[i])
+        sl.filled += free
+        sl.seen += free
+        rest = rows[free:]
+        if rest.size:
+            positions = res._rng.integers(0, sl.seen + np.arange(1, rest.size + 1))
+            sl.seen += rest.size
+            kept = positions[positions < k]
+            repeats += kept.size - np.unique(kept).size
+            for pos, i in zip(positions.tolist(), rest.tolist(), strict=True):
+                if pos < k:
+                    sl.numeric[pos] = numeric[i]
+                    sl.score[pos] = score[i]
+                    sl.categorical[pos] = list(cats[i])
+    return repeats
+
+
+def test_reservoir_batches_equal_algorithm_r_row_by_row() -> None:
+    # the batch update replaces places with numpy; a place drawn twice in one
+    # batch must keep the later row, as the one-row-at-a-time algorithm does
+    rng = np.random.default_rng(5)
+    fast = SliceReservoir(capacity=40, n_slices=4, n_numeric=3, n_categorical=1, seed=11)
+    slow = SliceReservoir(capacity=40, n_slices=4, n_numeric=3, n_categorical=1, seed=11)
+    drawn_twice = 0
+    for _ in range(30):
+        n = int(rng.integers(1, 400))
+        sids = rng.integers(0, 5, n)
+        numeric = rng.normal(size=(n, 3))
+        cats = [[f"c{int(x)}"] for x in rng.integers(0, 1000, n)]
+        score = rng.random(n)
+        fast.add(sids, numeric, cats, score)
+        drawn_twice += _algorithm_r(slow, sids, numeric, cats, score)
+    assert drawn_twice  # the case the batch update must order right did occur
+    assert sorted(fast.slices) == sorted(slow.slices)
+    for sid, sl in fast.slices.items():
+        ref = slow.slices[sid]
+        assert (sl.filled, sl.seen) == (ref.filled, ref.seen)
+        np.testing.assert_array_equal(sl.numeric[:sl.filled], ref.numeric[:ref.filled])
+        np.testing.assert_array_equal(sl.score[:sl.filled], ref.score[:ref.filled])
+        assert sl.categorical[:sl.filled] == ref.categorical[:ref.filled]
