@@ -15,6 +15,8 @@ one after another in the same process, each with a fresh consumer group:
     is measured around the call, and CPython's GC time is recorded
     (``Service.run`` freezes the start-up heap and collects the young
     generation about once per batch, as ``driftgate run`` does);
+(2b) once, the same with ``codec.fast_decode: false``: every batch decoded by
+    msgspec, without the compiled yyjson fast path (what the fast path is worth);
 (3) a plain faust-streaming agent (``stream.take(5000, within=...)``) that only
     counts events, started in the current loop (no worker, no web server).
 
@@ -57,6 +59,7 @@ import numpy.typing as npt
 from benchmarks.common import cli_main, json_safe, stderr_log, timed, timed_async
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker
+from monitor.codec import FAST_DECODE_AVAILABLE
 from monitor.config import Settings, load_settings
 from monitor.engine import Engine, Evaluation
 from monitor.service import Service
@@ -469,8 +472,9 @@ class TimedService(Service):
 
 
 def service_settings(bootstrap: str, topics: dict[str, str], group: str,
-                     reference_path: Path) -> Settings:
-    """Settings of (2): 20 numeric features, v1 champion / v2 canary, 10 s / 600 s windows."""
+                     reference_path: Path, fast_decode: bool = True) -> Settings:
+    """Settings of (2): 20 numeric features, v1 champion / v2 canary, 10 s / 600 s windows
+    (``fast_decode=False``: the codec without its compiled fast path, for (2b))."""
     return load_settings(
         None,
         kafka={"bootstrap_servers": bootstrap, "group_id": group, "client_id": group,
@@ -482,6 +486,7 @@ def service_settings(bootstrap: str, topics: dict[str, str], group: str,
                  "kpi_window_seconds": 3600, "allowed_lateness_seconds": WINDOW_SECONDS},
         evaluation={"tick_seconds": TICK_SECONDS},
         log={"format": "json", "level": "warning"},
+        codec={"fast_decode": fast_decode},
     )
 
 
@@ -515,10 +520,12 @@ async def run_service(settings: Settings, reference: ReferenceProfile,
 
 
 async def bench_service(bootstrap: str, topics: dict[str, str], reference: ReferenceProfile,
-                        reference_path: Path, n: int) -> dict[str, Any]:
+                        reference_path: Path, n: int, fast_decode: bool = True
+                        ) -> dict[str, Any]:
     """(2): the full driftgate path until ``predictions_total`` reaches ``n``."""
     phase = Phase()
-    settings = service_settings(bootstrap, topics, _group("service"), reference_path)
+    settings = service_settings(bootstrap, topics, _group("service"), reference_path,
+                                fast_decode)
     gc_threshold = gc.get_threshold()
     try:
         with GcTimer() as gc_timer:
@@ -564,6 +571,9 @@ async def bench_service(bootstrap: str, topics: dict[str, str], reference: Refer
         "handle_breakdown_s": {**service.stage_s,
                                "other": busy - sum(service.stage_s.values())},
         "gc_during_run": gc_timer.report(),
+        "codec_fast_path": {"enabled": fast_decode, "available": FAST_DECODE_AVAILABLE,
+                            "batches": service.codec.fast_batches,
+                            "left_to_msgspec": service.codec.fast_fallbacks},
         "ticks": len(service.tick_s),
         "tick_ms_p50": _pct([t * 1e3 for t in service.tick_s], 50),
         "tick_ms_max": max(service.tick_s) * 1e3 if service.tick_s else math.nan,
@@ -795,6 +805,10 @@ async def _run(quick: bool) -> dict[str, Any]:
                      f"{svc_runs[-1]['handle_ms_p99']:.1f} ms, GC "
                      f"{svc_runs[-1]['gc_during_run']['total_s']:.2f} s")
             svc = _best(svc_runs)
+            _log("(2b) the same with codec.fast_decode: false (msgspec only)")
+            svc_msgspec = await bench_service(bootstrap, topics, reference, ref_path, n,
+                                              fast_decode=False)
+            _log(f"(2b) {svc_msgspec['events_per_s']:,.0f} events/s")
 
             _log("(3) faust-streaming agent")
             fst = await bench_faust(bootstrap, topics["predictions_topic"], n)
@@ -833,6 +847,8 @@ async def _run(quick: bool) -> dict[str, Any]:
         "raw_aiokafka": raw,
         "raw_aiokafka_source_fetch_settings": raw_src,
         "driftgate_service": svc,
+        "driftgate_service_msgspec_only": svc_msgspec,
+        "ratio_fast_path_over_msgspec_only": svc["events_per_s"] / svc_msgspec["events_per_s"],
         "faust_agent": fst,
         "ratio_service_over_raw": ratio_raw,
         "ratio_service_over_faust": ratio_faust,
@@ -866,6 +882,9 @@ async def _run(quick: bool) -> dict[str, Any]:
             "run once; the machine may be shared (loadavg_1m_start_end)",
             "raw_aiokafka_source_fetch_settings": "(1b): as (1) but with the fetch settings "
             "KafkaSource's consumer actually gets (aiokafka defaults, fetch_max_wait_ms 100)",
+            "driftgate_service_msgspec_only": "(2b): one run of (2) with codec.fast_decode "
+            "false, i.e. every batch decoded by msgspec (the compiled yyjson fast path off); "
+            "driftgate_service.codec_fast_path counts the batches the fast path took",
             "gc_during_run": "wall time inside CPython's cyclic GC during the (2) run "
             "(gc.callbacks), by generation",
         },

@@ -63,6 +63,10 @@ def table(results: dict[str, Any]) -> str:
          + _fmt(_get(i, "driftgate_service", "handle_ms_p50"), ".0f", "/")
          + _fmt(_get(i, "driftgate_service", "handle_ms_p99"), ".0f", " ms"),
          _fmt(_get(i, "targets", "service_ge_0.5x_raw"))),
+        ("ingest: same path, codec without its compiled fast path (msgspec only)", "-",
+         _fmt(_get(i, "driftgate_service_msgspec_only", "events_per_s"), ",.0f",
+              " events/s (fast path: ")
+         + _fmt(_get(i, "ratio_fast_path_over_msgspec_only"), ".2f", "x)"), "-"),
         ("ingest: vs a plain Faust agent counting events", ">= 8x Faust",
          _fmt(_get(i, "ratio_service_over_faust"), ".1f", "x (Faust ")
          + _fmt(_get(i, "faust_agent", "events_per_s"), ",.0f", " events/s)"),

@@ -16,3 +16,12 @@ def decode_predictions(
     numeric: Any,
     /,
 ) -> tuple[list[str], list[str], list[str], tuple[list[object], ...]] | int: ...
+
+def decode_labels(
+    values: list[bytes],
+    keys: tuple[bytes, ...],
+    label: Any,
+    ts: Any,
+    amount: Any,
+    /,
+) -> list[str] | int: ...

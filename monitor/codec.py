@@ -6,7 +6,7 @@ field, a ``(events, features)`` float matrix for numeric features). Plain JSON
 and CloudEvents binary mode (``ce_*`` headers carry the event attributes, the
 value carries the data, as KServe's inference logger writes) are accepted.
 
-Plain-JSON prediction batches first go through a compiled fast path
+Plain-JSON prediction and label batches first go through a compiled fast path
 (``monitor/_native/fastdecode.c``, parsing with the vendored yyjson) that fills
 the columns directly, with no Python object per event or per value. It accepts
 a batch only when every record is one msgspec would decode to the same values;
@@ -38,10 +38,12 @@ import numpy.typing as npt
 from monitor.config import Settings
 
 _fast_decode_predictions: Callable[..., object] | None
+_fast_decode_labels: Callable[..., object] | None
 try:
+    from monitor._fastdecode import decode_labels as _fast_decode_labels
     from monitor._fastdecode import decode_predictions as _fast_decode_predictions
 except ImportError:  # installed without a C compiler: msgspec only
-    _fast_decode_predictions = None
+    _fast_decode_predictions = _fast_decode_labels = None
 
 #: whether the compiled fast path (``monitor._fastdecode``) is installed
 FAST_DECODE_AVAILABLE = _fast_decode_predictions is not None
@@ -320,6 +322,9 @@ class EventCodec:
         self._allow_unknown_models = settings.codec.allow_unknown_models
         self._cloudevents = settings.cloudevents.enabled
         self._fast = _fast_decode_predictions if settings.codec.fast_decode else None
+        self._fast_labels = _fast_decode_labels if settings.codec.fast_decode else None
+        self._fast_label_keys = tuple(name.encode() for name in (
+            f.event_id, f.label, f.ts, f.amount))
         self._fast_keys = tuple(name.encode() for name in (
             f.event_id, f.model, f.model_version, f.ts, f.score, f.decision, f.amount,
             f.features))
@@ -537,14 +542,10 @@ class EventCodec:
         """The batch's columns from the compiled fast path, or ``None`` when it is
         not installed, not enabled, or leaves any record of the batch to msgspec."""
         fast = self._fast
-        n = len(records)
-        if fast is None or n == 0:
+        values = self._fast_values(records)
+        if fast is None or values is None:
             return None
-        if self._cloudevents and any(map(_HEADERS, records)):
-            return None
-        values = [r.value for r in records]
-        if None in values or max(map(len, values)) > self._max_bytes:  # type: ignore[arg-type]
-            return None
+        n = len(values)
         ts, score, amount = np.empty(n), np.empty(n), np.empty(n)
         decision = np.empty(n, dtype=np.int8)
         numeric = np.empty((n, self._n_num), dtype=np.float64)
@@ -554,12 +555,11 @@ class EventCodec:
             self.fast_fallbacks += 1
             return None
         ids, models, versions, cats = out
-        pred_decoder = self._pred_decoder
         return _RawPredictions(
             event_id=ids, model=models, version=versions, ts=ts, score=score, amount=amount,
             decision=decision, numeric=numeric,
             categorical=dict(zip(self.categorical_features, cats, strict=True)),
-            struct_of=lambda i: pred_decoder.decode(values[i] or b""))
+            struct_of=_lazy_structs(self._pred_decoder, values))
 
     def _struct_columns(self, structs: list[Any]) -> _RawPredictions:
         """Columns of msgspec-decoded Prediction structs."""
@@ -689,36 +689,73 @@ class EventCodec:
                                   f"got {amt!r}")
         return None
 
+    def _fast_values(self, records: Sequence[Record]) -> list[bytes] | None:
+        """The record values, if the fast path is on and may try this batch."""
+        if self._fast is None or not records:
+            return None
+        if self._cloudevents and any(map(_HEADERS, records)):
+            return None
+        values = [r.value for r in records]
+        if None in values or max(map(len, values)) > self._max_bytes:  # type: ignore[arg-type]
+            return None
+        return values  # type: ignore[return-value]
+
     def _decode_labels(self, records: Sequence[Record],
                        rejected: list[Rejected]) -> LabelColumns:
-        structs, recs = self._decode_structs(
-            records, self._label_decoder, self._label_type, "label", "", rejected)
-        n = len(structs)
-        if n == 0:
-            return LabelColumns(event_id=[], label=np.empty(0, dtype=np.int8),
-                                ts=np.empty(0), amount=np.empty(0))
-        eid_c, label_c, ts_c, amt_c = zip(*map(msgspec.structs.astuple, structs), strict=True)
-        try:
-            label = np.array(label_c, dtype=np.int64)
-        except OverflowError:  # an integer beyond int64: flagged below
-            label = np.array([x if -2 <= x <= 2 else 2 for x in label_c], dtype=np.int64)
-        ts = _ts_column(ts_c)  # None (no time given) -> nan
-        amount = np.array(amt_c, dtype=np.float64)
+        values = self._fast_values(records)
+        out: object = None
+        if values is not None and self._fast_labels is not None:
+            n = len(values)
+            label, ts, amount = np.empty(n, dtype=np.int64), np.empty(n), np.empty(n)
+            out = self._fast_labels(values, self._fast_label_keys, label, ts, amount)
+            if not isinstance(out, list):
+                self.fast_fallbacks += 1
+        if isinstance(out, list):
+            self.fast_batches += 1
+            eid_c: list[str] = out
+            recs = records
+            struct_of = _lazy_structs(self._label_decoder, values or [])
+        else:
+            structs, recs = self._decode_structs(
+                records, self._label_decoder, self._label_type, "label", "", rejected)
+            n = len(structs)
+            if n == 0:
+                return LabelColumns(event_id=[], label=np.empty(0, dtype=np.int8),
+                                    ts=np.empty(0), amount=np.empty(0))
+            eid_t, label_c, ts_c, amt_c = zip(*map(msgspec.structs.astuple, structs),
+                                              strict=True)
+            eid_c = list(eid_t)
+            try:
+                label = np.array(label_c, dtype=np.int64)
+            except OverflowError:  # an integer beyond int64: flagged below
+                label = np.array([x if -2 <= x <= 2 else 2 for x in label_c], dtype=np.int64)
+            ts = _ts_column(ts_c)  # None (no time given) -> nan
+            amount = np.array(amt_c, dtype=np.float64)
+            struct_of = structs.__getitem__
         with np.errstate(invalid="ignore"):
             bad = ((label != 0) & (label != 1)) | (ts < 0.0) | (ts >= 1e11) | np.isinf(ts) | (
                 amount < 0.0) | (amount > self._max_amount)
         keep: npt.NDArray[np.intp] | None = None
-        problems = _flagged_problems(bad, structs.__getitem__, self._validate_label)
+        problems = _flagged_problems(bad, struct_of, self._validate_label)
         if problems:
             rejected.extend(Rejected(recs[i], *problems[i]) for i in sorted(problems))
             keep = np.flatnonzero(~bad)
-        ids = list(eid_c)
+        ids = eid_c
         part = np.fromiter(map(_PARTITION, recs), dtype=np.int64, count=n)
         if keep is not None and keep.size < n:
             ids = [ids[i] for i in keep.tolist()]
             label, ts, amount, part = label[keep], ts[keep], amount[keep], part[keep]
         return LabelColumns(event_id=ids, label=label.astype(np.int8), ts=ts, amount=amount,
                             partition=part)
+
+
+def _lazy_structs(decoder: msgspec.json.Decoder[Any], values: list[bytes]
+                  ) -> Callable[[int], Any]:
+    """``i -> the decoded struct of values[i]``: the fast path makes no structs,
+    and the reason of a row the column checks flag comes from one."""
+    def struct_of(i: int) -> Any:
+        return decoder.decode(values[i])
+    return struct_of
 
 
 def _in_record_order(rejected: list[Rejected], records: Sequence[Record]) -> None:

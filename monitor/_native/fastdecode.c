@@ -1,6 +1,6 @@
 /*
- * driftgate: a fast path that decodes a batch of plain-JSON prediction events
- * straight into columns.
+ * driftgate: a fast path that decodes a batch of plain-JSON prediction (or
+ * label) events straight into columns.
  *
  * Parsing is done by yyjson (vendored beside this file, MIT licence in
  * yyjson.h): strict RFC 8259, UTF-8 validated, numbers correctly rounded, big
@@ -540,14 +540,193 @@ done:
     return result;
 }
 
+/* one label record; 0 to give up */
+enum { L_EVENT_ID, L_LABEL, L_TS, L_AMOUNT, N_LABEL_KEYS };
+
+static int
+read_label(yyjson_val *root, const name_t *keys, Py_ssize_t row, int64_t *label,
+           double *ts, double *amount, PyObject *ids)
+{
+    if (!yyjson_is_obj(root)) {
+        return 0;
+    }
+    unsigned seen = 0;
+    ts[row] = NAN;
+    amount[row] = NAN;
+    size_t idx, max;
+    yyjson_val *k, *v;
+    yyjson_obj_foreach(root, idx, max, k, v) {
+        int f = -1;
+        for (int t = 0; t < N_LABEL_KEYS; t++) {
+            if (name_eq(k, &keys[t])) {
+                f = t;
+                break;
+            }
+        }
+        if (f < 0) {
+            if (depth_within(v, MAX_SKIP_DEPTH) < 0) {
+                return 0;
+            }
+            continue;
+        }
+        if (seen & (1u << f)) {
+            return 0;
+        }
+        seen |= 1u << f;
+        switch (f) {
+        case L_EVENT_ID: {
+            PyObject *none = NULL;
+            PyObject *s = as_name(v, 256, &none);
+            Py_XDECREF(none);
+            if (s == NULL) {
+                return 0;
+            }
+            PyList_SET_ITEM(ids, row, s);
+            break;
+        }
+        case L_LABEL:
+            switch (yyjson_get_tag(v)) {
+            case YYJSON_TYPE_BOOL | YYJSON_SUBTYPE_TRUE:
+                label[row] = 1;
+                break;
+            case YYJSON_TYPE_BOOL | YYJSON_SUBTYPE_FALSE:
+                label[row] = 0;
+                break;
+            case YYJSON_TYPE_NUM | YYJSON_SUBTYPE_UINT:
+                if (yyjson_get_uint(v) > 1) {
+                    return 0; /* not a label: msgspec's path names the reason */
+                }
+                label[row] = (int64_t)yyjson_get_uint(v);
+                break;
+            default:
+                return 0;
+            }
+            break;
+        case L_TS:
+            if (!yyjson_is_null(v) && !as_double(v, &ts[row])) {
+                return 0; /* RFC 3339 strings go to msgspec */
+            }
+            break;
+        case L_AMOUNT:
+            if (!yyjson_is_null(v) && !as_double(v, &amount[row])) {
+                return 0;
+            }
+            break;
+        }
+    }
+    const unsigned required = (1u << L_EVENT_ID) | (1u << L_LABEL);
+    return (seen & required) == required;
+}
+
+PyDoc_STRVAR(decode_labels_doc,
+"decode_labels(values, keys, label, ts, amount)\n"
+"--\n\n"
+"Decode plain-JSON label events into columns.\n\n"
+"values: list of bytes; keys: tuple of 4 bytes (event_id, label, ts, amount\n"
+"field names); label: writable int64 buffer of len(values); ts, amount:\n"
+"writable float64 buffers (nan = not given).\n\n"
+"Returns the list of event ids, or the index of the first record this fast\n"
+"path leaves to the full decoder.");
+
+static PyObject *
+decode_labels(PyObject *self, PyObject *args)
+{
+    PyObject *values, *keys, *label_o, *ts_o, *amt_o;
+    if (!PyArg_ParseTuple(args, "O!O!OOO", &PyList_Type, &values, &PyTuple_Type, &keys,
+                          &label_o, &ts_o, &amt_o)) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    if (PyTuple_GET_SIZE(keys) != N_LABEL_KEYS) {
+        PyErr_SetString(PyExc_ValueError, "need 4 keys");
+        return NULL;
+    }
+    name_t names[N_LABEL_KEYS];
+    if (!get_names(keys, names, N_LABEL_KEYS)) {
+        return NULL;
+    }
+    PyObject *result = NULL, *ids = NULL;
+    void *pool = NULL;
+    Py_buffer b_label = {0}, b_ts = {0}, b_amt = {0};
+    if (!get_buffer(label_o, &b_label, 8, n, "label") || !get_buffer(ts_o, &b_ts, 8, n, "ts")
+        || !get_buffer(amt_o, &b_amt, 8, n, "amount")) {
+        goto done;
+    }
+    if ((ids = PyList_New(n)) == NULL) {
+        goto done;
+    }
+    size_t max_len = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (!PyBytes_Check(v)) {
+            result = PyLong_FromSsize_t(i);
+            goto done;
+        }
+        if ((size_t)PyBytes_GET_SIZE(v) > max_len) {
+            max_len = (size_t)PyBytes_GET_SIZE(v);
+        }
+    }
+    const yyjson_read_flag flags = YYJSON_READ_BIGNUM_AS_RAW;
+    size_t pool_size = yyjson_read_max_memory_usage(max_len, flags);
+    pool = PyMem_Malloc(pool_size ? pool_size : 64);
+    if (pool == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    yyjson_alc alc;
+    Py_ssize_t bail = -1;
+    for (Py_ssize_t i = 0; i < n && bail < 0; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (!yyjson_alc_pool_init(&alc, pool, pool_size)) {
+            bail = i;
+            break;
+        }
+        yyjson_doc *doc = yyjson_read_opts(PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v),
+                                           flags, &alc, NULL);
+        if (doc == NULL) {
+            bail = i;
+            break;
+        }
+        if (!read_label(yyjson_doc_get_root(doc), names, i, b_label.buf, b_ts.buf, b_amt.buf,
+                        ids)) {
+            bail = i;
+        }
+        yyjson_doc_free(doc);
+    }
+    if (PyErr_Occurred()) {
+        goto done;
+    }
+    if (bail >= 0) {
+        result = PyLong_FromSsize_t(bail);
+        goto done;
+    }
+    result = Py_NewRef(ids);
+
+done:
+    if (ids != NULL && (result == NULL || PyLong_Check(result))) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (PyList_GET_ITEM(ids, i) == NULL) {
+                PyList_SET_ITEM(ids, i, Py_NewRef(Py_None));
+            }
+        }
+    }
+    Py_XDECREF(ids);
+    PyMem_Free(pool);
+    if (b_label.obj) PyBuffer_Release(&b_label);
+    if (b_ts.obj) PyBuffer_Release(&b_ts);
+    if (b_amt.obj) PyBuffer_Release(&b_amt);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"decode_predictions", decode_predictions, METH_VARARGS, decode_predictions_doc},
+    {"decode_labels", decode_labels, METH_VARARGS, decode_labels_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "monitor._fastdecode",
-    "A yyjson-based fast path that decodes prediction events into columns.", -1, methods,
+    "A yyjson-based fast path that decodes prediction and label events into columns.", -1, methods,
 };
 
 PyMODINIT_FUNC

@@ -299,3 +299,107 @@ def test_bad_buffers_are_refused() -> None:
     out = _fastdecode.decode_predictions(["{}"], keys, (), 0, ok, ok,  # type: ignore[list-item]
                                          np.empty(1, np.int8), ok, np.empty(0))
     assert out == 0
+
+
+# ------------------------------------------------------------------------- labels
+
+def label(i: int = 0, **extra: Any) -> dict[str, Any]:
+    ev: dict[str, Any] = {"event_id": f"e{i}", "label": 1, "ts": 1.7e9 + i, "amount": 3.5}
+    ev.update(extra)
+    return ev
+
+
+def label_records(values: list[bytes]) -> list[RawRecord]:
+    return [RawRecord("labels", i % 3, i, v) for i, v in enumerate(values)]
+
+
+def test_a_plain_label_batch_takes_the_fast_path(cfg: Settings) -> None:
+    values = [json.dumps(label(i, label=i % 2 == 0)).encode() for i in range(20)]
+    c = EventCodec(cfg)
+    b = c.decode([], label_records(values))
+    assert (c.fast_batches, c.fast_fallbacks) == (1, 0)
+    assert b.labels.label.tolist() == [1, 0] * 10
+    assert assert_fast_path_agrees(cfg, [], label_records(values))
+
+
+LABEL_CASES: list[tuple[str, bytes]] = [
+    ("label 0", json.dumps(label(label=0)).encode()),
+    ("label true", json.dumps(label(label=True)).encode()),
+    ("label 2", json.dumps(label(label=2)).encode()),
+    ("label -1", json.dumps(label(label=-1)).encode()),
+    ("label 1.0", json.dumps(label(label=1.0)).encode()),
+    ("label big", json.dumps(label(label=2**70)).encode()),
+    ("label null", json.dumps(label(label=None)).encode()),
+    ("label string", json.dumps(label(label="1")).encode()),
+    ("label missing", json.dumps({"event_id": "e1"}).encode()),
+    ("event id missing", json.dumps({"label": 1}).encode()),
+    ("ts null", json.dumps(label(ts=None)).encode()),
+    ("ts missing", json.dumps({"event_id": "e1", "label": 0}).encode()),
+    ("ts string", json.dumps(label(ts="2024-01-01T00:00:00+02:00")).encode()),
+    ("ts negative", json.dumps(label(ts=-5)).encode()),
+    ("ts huge", json.dumps(label(ts=1e11)).encode()),
+    ("amount null", json.dumps(label(amount=None)).encode()),
+    ("amount negative", json.dumps(label(amount=-1)).encode()),
+    ("amount bool", json.dumps(label(amount=False)).encode()),
+    ("amount int", json.dumps(label(amount=7)).encode()),
+    ("duplicate label", json.dumps(label())[:-1].encode() + b', "label": 0}'),
+    ("unknown nested", json.dumps(label(extra={"a": [1, {"b": None}]})).encode()),
+    ("unknown deep", json.dumps(label())[:-1].encode() + b', "x": ' + b"[" * 100
+     + b"]" * 100 + b"}"),
+    ("escaped id", json.dumps(label(event_id="\u00e9\\\n")).encode()),
+    ("long id", json.dumps(label(event_id="x" * 300)).encode()),
+    ("not json", b"{label"),
+    ("array", b"[1]"),
+    ("empty", b""),
+]
+
+
+@pytest.mark.parametrize("value", [v for _, v in LABEL_CASES],
+                         ids=[name for name, _ in LABEL_CASES])
+def test_label_edge_cases_agree(cfg: Settings, value: bytes) -> None:
+    good = [json.dumps(label(i)).encode() for i in range(1, 4)]
+    assert_fast_path_agrees(cfg, [], label_records([value]))
+    assert_fast_path_agrees(cfg, [], label_records([good[0], value, *good[1:]]))
+
+
+@st.composite
+def label_value(draw: st.DrawFn) -> bytes:
+    ev: dict[str, Any] = {
+        "event_id": draw(st.text(min_size=1, max_size=10)),
+        "label": draw(st.one_of(st.booleans(), st.sampled_from([0, 1]))),
+    }
+    if draw(st.booleans()):
+        ev["ts"] = draw(st.one_of(st.none(), st.floats(0, 1.9e9), st.integers(0, 2 * 10**9)))
+    if draw(st.booleans()):
+        ev["amount"] = draw(st.one_of(st.none(), st.floats(0, 1e6), st.integers(0, 10**6)))
+    if draw(st.integers(0, 3)) == 0:
+        ev[draw(TEXT)] = draw(ANY)
+    if draw(st.integers(0, 9)) == 0:
+        ev[draw(st.sampled_from(sorted(ev)))] = draw(ANY)
+    keys = draw(st.permutations(list(ev)))
+    return json.dumps({k: ev[k] for k in keys}, ensure_ascii=draw(st.booleans())).encode()
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(values=st.lists(label_value(), min_size=1, max_size=8),
+       preds=st.lists(prediction(), max_size=3))
+def test_fast_label_path_equals_msgspec(cfg: Settings, values: list[bytes],
+                                        preds: list[bytes]) -> None:
+    took = assert_fast_path_agrees(cfg, records(preds), label_records(values))
+    event("fast path" if took else "msgspec")
+
+
+def test_bad_label_buffers_are_refused() -> None:
+    from monitor import _fastdecode
+
+    keys = (b"event_id", b"label", b"ts", b"amount")
+    one = np.empty(1)
+    with pytest.raises(ValueError, match="label buffer has 8 bytes, need 16"):
+        _fastdecode.decode_labels([b"{}", b"{}"], keys, np.empty(1, np.int64), one, one)
+    with pytest.raises(ValueError, match="need 4 keys"):
+        _fastdecode.decode_labels([b"{}"], keys[:3], np.empty(1, np.int64), one, one)
+    ok = [json.dumps(label(i)).encode() for i in range(2)]
+    lab, ts, amt = np.empty(2, np.int64), np.empty(2), np.empty(2)
+    assert _fastdecode.decode_labels(ok, keys, lab, ts, amt) == ["e0", "e1"]
+    assert _fastdecode.decode_labels([ok[0], b"{"], keys, lab, ts, amt) == 1

@@ -312,3 +312,17 @@ def test_redis_state_needs_the_kafka_source(tmp_path: Path, source: str) -> None
     assert repr(source) in str(err)
     # the same store with driftgate's own consumer is fine
     assert load_settings(cfg, source="kafka").state.backend == "redis"
+
+
+def test_the_example_config_loads_and_shows_the_codec_defaults(tmp_path: Path) -> None:
+    from monitor.config import CodecSettings
+    from tests.support import fit_reference
+
+    example = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "driftgate.yaml"
+    cfg = tmp_path / "driftgate.yaml"
+    cfg.write_text(example.read_text())
+    (tmp_path / "reference.json").write_text(fit_reference().to_json())
+    s = load_settings(cfg)
+    assert s.codec == CodecSettings()
+    assert s.codec.fast_decode is True
+    assert s.features.numeric[0] == "amount"
