@@ -60,7 +60,7 @@ from benchmarks.common import cli_main, json_safe, stderr_log, timed, timed_asyn
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker
 from monitor.codec import FAST_DECODE_AVAILABLE
-from monitor.config import Settings, load_settings
+from monitor.config import KafkaSettings, Settings, load_settings
 from monitor.engine import Engine, Evaluation
 from monitor.service import Service
 from monitor.sources import KafkaSource, MemoryDeadLetterSink, SourceBatch
@@ -95,10 +95,10 @@ GROUP_TUNING: dict[str, int] = {"session_timeout_ms": 6000, "heartbeat_interval_
 RAW_FETCH: dict[str, int] = {"fetch_max_bytes": 64 * 1024 * 1024,
                              "max_partition_fetch_bytes": 16 * 1024 * 1024,
                              "fetch_max_wait_ms": 100}
-# what KafkaSource's consumer gets: aiokafka's defaults and kafka.fetch_max_wait_ms
-SOURCE_FETCH: dict[str, int] = {"fetch_max_bytes": 52_428_800,
-                                "max_partition_fetch_bytes": 1_048_576,
-                                "fetch_max_wait_ms": 100}
+# what KafkaSource's consumer gets: the kafka.* fetch settings' defaults
+SOURCE_FETCH: dict[str, int] = {
+    name: getattr(KafkaSettings(), name)
+    for name in ("fetch_max_bytes", "max_partition_fetch_bytes", "fetch_max_wait_ms")}
 PHASE_TIMEOUT_S = 120.0
 FAUST_ELSEWHERE_EVENTS_PER_S = 9_500.0
 TARGET_VS_RAW = 0.5
@@ -868,7 +868,8 @@ async def _run(quick: bool) -> dict[str, Any]:
             "predictions_total reaches the event count; the service also consumed the "
             "labels topic in that time (records_per_s_incl_labels); handle_breakdown_s "
             "times codec.decode, engine.process and source.commit inside handle(); "
-            "KafkaSource's consumer uses aiokafka's default fetch sizes (it sets none)",
+            "KafkaSource's consumer uses the kafka.* fetch settings' defaults "
+            "(SOURCE_FETCH)",
             "memory": "peak_rss_mib_ru_maxrss: resource.getrusage(RUSAGE_SELF).ru_maxrss of "
             "the whole process (includes the generated events kept in memory); each phase's "
             "memory.vm_hwm_mib: /proc/self/status VmHWM after resetting it via "
@@ -881,7 +882,7 @@ async def _run(quick: bool) -> dict[str, Any]:
             "topics); the fastest run is reported, runs_events_per_s lists all; (1b) and (3) "
             "run once; the machine may be shared (loadavg_1m_start_end)",
             "raw_aiokafka_source_fetch_settings": "(1b): as (1) but with the fetch settings "
-            "KafkaSource's consumer actually gets (aiokafka defaults, fetch_max_wait_ms 100)",
+            "KafkaSource's consumer actually gets (the kafka.* defaults)",
             "driftgate_service_msgspec_only": "(2b): one run of (2) with codec.fast_decode "
             "false, i.e. every batch decoded by msgspec (the compiled yyjson fast path off); "
             "driftgate_service.codec_fast_path counts the batches the fast path took",

@@ -86,6 +86,11 @@ class KafkaSettings(_Strict):
     sasl_password_file: Path | None = None
     max_poll_records: int = Field(5000, ge=1, le=1_000_000)
     fetch_max_wait_ms: int = Field(100, ge=0, le=60_000)
+    # bytes per partition and per fetch response: larger than the Kafka client
+    # defaults (1 MiB / 50 MiB) so that one fetch round holds several polls'
+    # worth of ~600-byte events and the next batch is buffered while one is handled
+    max_partition_fetch_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024 ** 3)
+    fetch_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=1024 ** 3)
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
