@@ -165,6 +165,41 @@ as_category(yyjson_val *val)
     }
 }
 
+#define FIELD_UNKNOWN (-1)
+#define FIELD_GIVE_UP (-2)
+
+/* which of `names` the object key `key` is; FIELD_UNKNOWN for another key
+ * (its value is skipped), FIELD_GIVE_UP for a repeated known key or an unknown
+ * value nested too deeply (msgspec decides those) */
+static int
+field_of(yyjson_val *key, yyjson_val *val, const name_t *names, int n, unsigned *seen)
+{
+    for (int t = 0; t < n; t++) {
+        if (name_eq(key, &names[t])) {
+            if (*seen & (1u << t)) {
+                return FIELD_GIVE_UP;
+            }
+            *seen |= 1u << t;
+            return t;
+        }
+    }
+    return depth_within(val, MAX_SKIP_DEPTH) < 0 ? FIELD_GIVE_UP : FIELD_UNKNOWN;
+}
+
+/* the event id of record `row` into `ids`; 0 to give up */
+static int
+set_event_id(yyjson_val *val, PyObject *ids, Py_ssize_t row)
+{
+    PyObject *none = NULL;
+    PyObject *s = as_name(val, 256, &none);
+    Py_XDECREF(none);
+    if (s == NULL) {
+        return 0;
+    }
+    PyList_SET_ITEM(ids, row, s);
+    return 1;
+}
+
 /* the features object of record `row`; 0 to give up */
 static int
 read_features(yyjson_val *obj, spec_t *spec, Py_ssize_t row, double *numeric,
@@ -248,35 +283,19 @@ read_record(yyjson_val *root, spec_t *spec, Py_ssize_t row, outbufs_t *o,
     yyjson_val *k, *v;
     int have_features = 0;
     yyjson_obj_foreach(root, idx, max, k, v) {
-        int f = -1;
-        for (int t = 0; t < N_KEYS; t++) {
-            if (name_eq(k, &spec->top[t])) {
-                f = t;
-                break;
-            }
-        }
-        if (f < 0) {
-            if (depth_within(v, MAX_SKIP_DEPTH) < 0) {
-                return 0;
-            }
-            continue;
-        }
-        if (seen & (1u << f)) {
+        int f = field_of(k, v, spec->top, N_KEYS, &seen);
+        if (f == FIELD_GIVE_UP) {
             return 0;
         }
-        seen |= 1u << f;
         PyObject *s;
         switch (f) {
-        case K_EVENT_ID: {
-            PyObject *none = NULL;
-            s = as_name(v, 256, &none);
-            Py_XDECREF(none);
-            if (s == NULL) {
+        case FIELD_UNKNOWN:
+            break;
+        case K_EVENT_ID:
+            if (!set_event_id(v, ids, row)) {
                 return 0;
             }
-            PyList_SET_ITEM(ids, row, s);
             break;
-        }
         case K_MODEL:
             if ((s = as_name(v, 128, prev_model)) == NULL) {
                 return 0;
@@ -342,6 +361,77 @@ read_record(yyjson_val *root, spec_t *spec, Py_ssize_t row, outbufs_t *o,
         }
     }
     return 1;
+}
+
+/* reads the parsed record `row`; 0 to leave the batch to msgspec */
+typedef int (*record_reader)(yyjson_val *root, Py_ssize_t row, void *ctx);
+
+#define READ_ALL_DONE ((Py_ssize_t)-1)
+#define READ_ERROR ((Py_ssize_t)-2)
+
+/* Parse every value of the list with yyjson (one reused pool, sized for the
+ * longest value) and hand each document to `read`. Returns READ_ALL_DONE when
+ * every record was read, the index of the first record left to msgspec (a
+ * value that is not bytes, does not parse, or that `read` refuses), or
+ * READ_ERROR with a Python exception set. */
+static Py_ssize_t
+read_all(PyObject *values, record_reader read, void *ctx)
+{
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    size_t max_len = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (!PyBytes_Check(v)) {
+            return i;
+        }
+        if ((size_t)PyBytes_GET_SIZE(v) > max_len) {
+            max_len = (size_t)PyBytes_GET_SIZE(v);
+        }
+    }
+    const yyjson_read_flag flags = YYJSON_READ_BIGNUM_AS_RAW;
+    size_t pool_size = yyjson_read_max_memory_usage(max_len, flags);
+    void *pool = PyMem_Malloc(pool_size ? pool_size : 64);
+    if (pool == NULL) {
+        PyErr_NoMemory();
+        return READ_ERROR;
+    }
+    yyjson_alc alc;
+    Py_ssize_t bail = READ_ALL_DONE;
+    for (Py_ssize_t i = 0; i < n && bail == READ_ALL_DONE; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (!yyjson_alc_pool_init(&alc, pool, pool_size)) {
+            bail = i;
+            break;
+        }
+        yyjson_doc *doc = yyjson_read_opts(PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v),
+                                           flags, &alc, NULL);
+        if (doc == NULL) {
+            bail = i;
+            break;
+        }
+        if (!read(yyjson_doc_get_root(doc), i, ctx)) {
+            bail = i;
+        }
+        yyjson_doc_free(doc);
+    }
+    PyMem_Free(pool);
+    return PyErr_Occurred() ? READ_ERROR : bail;
+}
+
+typedef struct {
+    spec_t *spec;
+    outbufs_t *o;
+    PyObject *ids, *models, *versions;
+    PyObject **cat_lists;
+    PyObject *prev_model, *prev_version;
+} pred_ctx_t;
+
+static int
+read_prediction_root(yyjson_val *root, Py_ssize_t row, void *ctx)
+{
+    pred_ctx_t *c = ctx;
+    return read_record(root, c->spec, row, c->o, c->ids, c->models, c->versions, c->cat_lists,
+                       &c->prev_model, &c->prev_version);
 }
 
 static int
@@ -410,7 +500,6 @@ decode_predictions(PyObject *self, PyObject *args)
     PyObject *result = NULL, *ids = NULL, *models = NULL, *versions = NULL;
     PyObject **cat_lists = NULL;
     PyObject *prev_model = NULL, *prev_version = NULL;
-    void *pool = NULL;
     Py_buffer b_ts = {0}, b_score = {0}, b_dec = {0}, b_amt = {0}, b_num = {0};
     Py_ssize_t n_cat = n_feat - n_num;
 
@@ -448,45 +537,11 @@ decode_predictions(PyObject *self, PyObject *args)
             PyList_SET_ITEM(cat_lists[c], i, Py_NewRef(Py_None));
         }
     }
-    size_t max_len = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *v = PyList_GET_ITEM(values, i);
-        if (!PyBytes_Check(v)) {
-            result = PyLong_FromSsize_t(i);
-            goto done;
-        }
-        if ((size_t)PyBytes_GET_SIZE(v) > max_len) {
-            max_len = (size_t)PyBytes_GET_SIZE(v);
-        }
-    }
-    const yyjson_read_flag flags = YYJSON_READ_BIGNUM_AS_RAW;
-    size_t pool_size = yyjson_read_max_memory_usage(max_len, flags);
-    pool = PyMem_Malloc(pool_size ? pool_size : 64);
-    if (pool == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    yyjson_alc alc;
-    Py_ssize_t bail = -1;
-    for (Py_ssize_t i = 0; i < n && bail < 0; i++) {
-        PyObject *v = PyList_GET_ITEM(values, i);
-        if (!yyjson_alc_pool_init(&alc, pool, pool_size)) {
-            bail = i;
-            break;
-        }
-        yyjson_doc *doc = yyjson_read_opts(PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v),
-                                           flags, &alc, NULL);
-        if (doc == NULL) {
-            bail = i;
-            break;
-        }
-        if (!read_record(yyjson_doc_get_root(doc), &spec, i, &o, ids, models, versions,
-                         cat_lists, &prev_model, &prev_version)) {
-            bail = i;
-        }
-        yyjson_doc_free(doc);
-    }
-    if (PyErr_Occurred()) {
+    pred_ctx_t ctx = {&spec, &o, ids, models, versions, cat_lists, NULL, NULL};
+    Py_ssize_t bail = read_all(values, read_prediction_root, &ctx);
+    prev_model = ctx.prev_model;
+    prev_version = ctx.prev_version;
+    if (bail == READ_ERROR) {
         goto done;
     }
     if (bail >= 0) {
@@ -531,7 +586,6 @@ done:
     PyMem_Free(cat_lists);
     PyMem_Free(spec.feat);
     PyMem_Free(spec.seen);
-    PyMem_Free(pool);
     if (b_ts.obj) PyBuffer_Release(&b_ts);
     if (b_score.obj) PyBuffer_Release(&b_score);
     if (b_dec.obj) PyBuffer_Release(&b_dec);
@@ -556,34 +610,18 @@ read_label(yyjson_val *root, const name_t *keys, Py_ssize_t row, int64_t *label,
     size_t idx, max;
     yyjson_val *k, *v;
     yyjson_obj_foreach(root, idx, max, k, v) {
-        int f = -1;
-        for (int t = 0; t < N_LABEL_KEYS; t++) {
-            if (name_eq(k, &keys[t])) {
-                f = t;
-                break;
-            }
-        }
-        if (f < 0) {
-            if (depth_within(v, MAX_SKIP_DEPTH) < 0) {
-                return 0;
-            }
-            continue;
-        }
-        if (seen & (1u << f)) {
+        int f = field_of(k, v, keys, N_LABEL_KEYS, &seen);
+        if (f == FIELD_GIVE_UP) {
             return 0;
         }
-        seen |= 1u << f;
         switch (f) {
-        case L_EVENT_ID: {
-            PyObject *none = NULL;
-            PyObject *s = as_name(v, 256, &none);
-            Py_XDECREF(none);
-            if (s == NULL) {
+        case FIELD_UNKNOWN:
+            break;
+        case L_EVENT_ID:
+            if (!set_event_id(v, ids, row)) {
                 return 0;
             }
-            PyList_SET_ITEM(ids, row, s);
             break;
-        }
         case L_LABEL:
             switch (yyjson_get_tag(v)) {
             case YYJSON_TYPE_BOOL | YYJSON_SUBTYPE_TRUE:
@@ -618,6 +656,20 @@ read_label(yyjson_val *root, const name_t *keys, Py_ssize_t row, int64_t *label,
     return (seen & required) == required;
 }
 
+typedef struct {
+    const name_t *keys;
+    int64_t *label;
+    double *ts, *amount;
+    PyObject *ids;
+} label_ctx_t;
+
+static int
+read_label_root(yyjson_val *root, Py_ssize_t row, void *ctx)
+{
+    label_ctx_t *c = ctx;
+    return read_label(root, c->keys, row, c->label, c->ts, c->amount, c->ids);
+}
+
 PyDoc_STRVAR(decode_labels_doc,
 "decode_labels(values, keys, label, ts, amount)\n"
 "--\n\n"
@@ -646,7 +698,6 @@ decode_labels(PyObject *self, PyObject *args)
         return NULL;
     }
     PyObject *result = NULL, *ids = NULL;
-    void *pool = NULL;
     Py_buffer b_label = {0}, b_ts = {0}, b_amt = {0};
     if (!get_buffer(label_o, &b_label, 8, n, "label") || !get_buffer(ts_o, &b_ts, 8, n, "ts")
         || !get_buffer(amt_o, &b_amt, 8, n, "amount")) {
@@ -655,45 +706,9 @@ decode_labels(PyObject *self, PyObject *args)
     if ((ids = PyList_New(n)) == NULL) {
         goto done;
     }
-    size_t max_len = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *v = PyList_GET_ITEM(values, i);
-        if (!PyBytes_Check(v)) {
-            result = PyLong_FromSsize_t(i);
-            goto done;
-        }
-        if ((size_t)PyBytes_GET_SIZE(v) > max_len) {
-            max_len = (size_t)PyBytes_GET_SIZE(v);
-        }
-    }
-    const yyjson_read_flag flags = YYJSON_READ_BIGNUM_AS_RAW;
-    size_t pool_size = yyjson_read_max_memory_usage(max_len, flags);
-    pool = PyMem_Malloc(pool_size ? pool_size : 64);
-    if (pool == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    yyjson_alc alc;
-    Py_ssize_t bail = -1;
-    for (Py_ssize_t i = 0; i < n && bail < 0; i++) {
-        PyObject *v = PyList_GET_ITEM(values, i);
-        if (!yyjson_alc_pool_init(&alc, pool, pool_size)) {
-            bail = i;
-            break;
-        }
-        yyjson_doc *doc = yyjson_read_opts(PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v),
-                                           flags, &alc, NULL);
-        if (doc == NULL) {
-            bail = i;
-            break;
-        }
-        if (!read_label(yyjson_doc_get_root(doc), names, i, b_label.buf, b_ts.buf, b_amt.buf,
-                        ids)) {
-            bail = i;
-        }
-        yyjson_doc_free(doc);
-    }
-    if (PyErr_Occurred()) {
+    label_ctx_t ctx = {names, b_label.buf, b_ts.buf, b_amt.buf, ids};
+    Py_ssize_t bail = read_all(values, read_label_root, &ctx);
+    if (bail == READ_ERROR) {
         goto done;
     }
     if (bail >= 0) {
@@ -711,7 +726,6 @@ done:
         }
     }
     Py_XDECREF(ids);
-    PyMem_Free(pool);
     if (b_label.obj) PyBuffer_Release(&b_label);
     if (b_ts.obj) PyBuffer_Release(&b_ts);
     if (b_amt.obj) PyBuffer_Release(&b_amt);
@@ -725,8 +739,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "monitor._fastdecode",
-    "A yyjson-based fast path that decodes prediction and label events into columns.", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "monitor._fastdecode",
+    .m_doc = "A yyjson-based fast path that decodes prediction and label events into columns.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC
