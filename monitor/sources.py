@@ -258,14 +258,17 @@ class KafkaSource:
         from aiokafka.errors import KafkaError
 
         batch = SourceBatch()
+        step = "offset commit"
         try:
             if self._processed != self._committed:
                 await self._commit_due()
+            step = "fetch"
             data = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000))
             self._connected = True
         except KafkaError as exc:
             self._connected = False
-            log.warning("fetch failed; retrying", error=str(exc))
+            # the processed offsets stay pending: the next poll commits them first
+            log.warning(f"{step} failed; retrying", error=str(exc))
             await asyncio.sleep(min(timeout_s, 1.0))
             return batch
         pred_topic, label_topic = self.cfg.predictions_topic, self.cfg.labels_topic
