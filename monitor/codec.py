@@ -330,9 +330,11 @@ class EventCodec:
             f.features))
         self._fast_features = tuple(
             name.encode() for name in self.numeric_features + self.categorical_features)
-        #: prediction batches decoded by the fast path, and those it left to msgspec
+        #: batches (predictions and labels apart) decoded by the fast path, those
+        #: it left to msgspec, and all that msgspec decoded
         self.fast_batches = 0
         self.fast_fallbacks = 0
+        self.msgspec_batches = 0
 
     # ------------------------------------------------------------------ helpers
     def _default_version_allowed(self, model: str, version: str) -> bool:
@@ -533,10 +535,17 @@ class EventCodec:
         if raw is not None:
             self.fast_batches += 1
             return self._prediction_columns(raw, records, rejected)
+        if records:
+            self.msgspec_batches += 1
         structs, kept = self._decode_structs(
             records, self._pred_decoder, self._prediction_type, "prediction",
             self.settings.fields.score, rejected)
         return self._prediction_columns(self._struct_columns(structs), kept, rejected)
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether plain-JSON batches try the compiled fast path (built and on)."""
+        return self._fast is not None
 
     def _fast_predictions(self, records: Sequence[Record]) -> _RawPredictions | None:
         """The batch's columns from the compiled fast path, or ``None`` when it is
@@ -716,6 +725,8 @@ class EventCodec:
             recs = records
             struct_of = _lazy_structs(self._label_decoder, values or [])
         else:
+            if records:
+                self.msgspec_batches += 1
             structs, recs = self._decode_structs(
                 records, self._label_decoder, self._label_type, "label", "", rejected)
             n = len(structs)

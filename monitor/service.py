@@ -15,14 +15,15 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from detectors import ReferenceProfile
-from monitor.codec import DecodedBatch, EventCodec
+from monitor.codec import FAST_DECODE_AVAILABLE, DecodedBatch, EventCodec
 from monitor.config import Settings
 from monitor.engine import Engine, Evaluation
 from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus
@@ -93,7 +94,7 @@ class Service:
             raise ValueError("no reference profile given and reference.fit_from_champion_"
                              "events is 0")
         self.tick_handlers: list[TickHandler] = []
-        self.extra_metrics: list[Callable[[], Any]] = []
+        self.extra_metrics: list[Callable[[], Any]] = [self._codec_metrics]
         self.batches = 0
         self.records = 0
         self.started_at = clock()
@@ -109,6 +110,16 @@ class Service:
             engine.track_join_changes()
         self.registry.register(EngineCollector(engine, status=self.status,
                                                extra=self._extra, ready=self.ready))
+
+    def _codec_metrics(self) -> Iterator[Metric]:
+        fam = CounterMetricFamily(
+            "driftgate_decoded_batches",
+            "Record batches decoded (predictions and labels counted apart), by codec path: "
+            "fast (the compiled yyjson path) or msgspec (fast path off or not built, or a "
+            "batch holding a record the fast path left to msgspec).", labels=["path"])
+        fam.add_metric(["fast"], self.codec.fast_batches)
+        fam.add_metric(["msgspec"], self.codec.msgspec_batches)
+        yield fam
 
     def _extra(self) -> Any:
         for fn in self.extra_metrics:
@@ -365,6 +376,8 @@ class Service:
         # the young generation per ~batch rather than every 700 allocations
         gen0, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(max(gen0, 50_000), gen1, gen2)
+        log.info("codec", fast_path="on" if self.codec.fast_path else "off",
+                 fast_path_built=FAST_DECODE_AVAILABLE)
         if self.store is not None:
             await self.store.start()
             if self.engine is not None:

@@ -63,7 +63,8 @@ def test_a_plain_batch_takes_the_fast_path(cfg: Settings) -> None:
     assert assert_fast_path_agrees(cfg, records(values))
     c = EventCodec(cfg)
     b = c.decode(records(values))
-    assert (c.fast_batches, c.fast_fallbacks) == (1, 0)
+    assert (c.fast_batches, c.fast_fallbacks, c.msgspec_batches) == (1, 0, 0)
+    assert c.fast_path
     assert b.predictions.event_id == [f"e{i}" for i in range(50)]
     assert b.predictions.numeric[:, 1].tolist() == [3.0] * 50
     assert b.predictions.categorical["country"] == ["DE"] * 50
@@ -74,7 +75,7 @@ def test_one_bad_record_sends_the_batch_to_msgspec(cfg: Settings) -> None:
     values[3] = values[3].replace(b'"score": 0.25', b'"score": "high"')
     c = EventCodec(cfg)
     b = c.decode(records(values))
-    assert (c.fast_batches, c.fast_fallbacks) == (0, 1)
+    assert (c.fast_batches, c.fast_fallbacks, c.msgspec_batches) == (0, 1, 1)
     assert [rj.reason for rj in b.rejected] == ["wrong_type"]
     assert len(b.predictions) == 4
     assert not assert_fast_path_agrees(cfg, records(values))
@@ -84,7 +85,8 @@ def test_switched_off_by_config(cfg: Settings) -> None:
     off = cfg.model_copy(update={"codec": cfg.codec.model_copy(update={"fast_decode": False})})
     c = EventCodec(off)
     c.decode(records([json.dumps(base(i)).encode() for i in range(3)]))
-    assert (c.fast_batches, c.fast_fallbacks) == (0, 0)
+    assert (c.fast_batches, c.fast_fallbacks, c.msgspec_batches) == (0, 0, 1)
+    assert not c.fast_path
 
 
 # values the fast path must either decode exactly as msgspec or leave to it
@@ -403,3 +405,33 @@ def test_bad_label_buffers_are_refused() -> None:
     lab, ts, amt = np.empty(2, np.int64), np.empty(2), np.empty(2)
     assert _fastdecode.decode_labels(ok, keys, lab, ts, amt) == ["e0", "e1"]
     assert _fastdecode.decode_labels([ok[0], b"{"], keys, lab, ts, amt) == 1
+
+
+def test_the_service_exports_batches_by_codec_path(tmp_path: Any) -> None:
+    from prometheus_client import generate_latest
+
+    from monitor.service import Service
+    from monitor.sources import MemoryDeadLetterSink, ReplaySource, SourceBatch
+    from tests.support import fit_reference, parse_metrics, sample
+
+    ref = fit_reference()
+    (tmp_path / "reference.json").write_text(ref.to_json())
+    settings = load_settings(write_config(tmp_path / "c.yaml", reference={
+        "path": str(tmp_path / "reference.json")}))
+    (tmp_path / "none.jsonl").write_text("")
+    service = Service(settings, ReplaySource(tmp_path / "none.jsonl", "predictions", "labels"),
+                      MemoryDeadLetterSink(), ref)
+    good = [json.dumps(base(i)).encode() for i in range(4)]
+    bad = [*good[:2], b"{not json"]
+
+    async def feed() -> None:
+        await service.handle(SourceBatch(predictions=records(good),
+                                         labels=label_records([json.dumps(label()).encode()])))
+        await service.handle(SourceBatch(predictions=records(bad)))
+
+    import asyncio
+
+    asyncio.run(feed())
+    metrics = parse_metrics(generate_latest(service.registry).decode())
+    assert sample(metrics, "driftgate_decoded_batches_total", path="fast") == 2
+    assert sample(metrics, "driftgate_decoded_batches_total", path="msgspec") == 1
