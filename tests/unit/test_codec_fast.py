@@ -435,3 +435,32 @@ def test_the_service_exports_batches_by_codec_path(tmp_path: Any) -> None:
     metrics = parse_metrics(generate_latest(service.registry).decode())
     assert sample(metrics, "driftgate_decoded_batches_total", path="fast") == 2
     assert sample(metrics, "driftgate_decoded_batches_total", path="msgspec") == 1
+
+
+def test_without_the_extension_msgspec_decodes_everything(tmp_path: Any) -> None:
+    # an install without a C compiler has no monitor._fastdecode: the codec
+    # must import and decode with msgspec alone (run in a fresh interpreter)
+    import subprocess
+    import sys
+
+    from tests.support import fit_reference
+
+    (tmp_path / "r.json").write_text(fit_reference().to_json())
+    cfg = write_config(tmp_path / "c.yaml", reference={"path": str(tmp_path / "r.json")})
+    code = f"""
+import sys, json
+sys.modules["monitor._fastdecode"] = None  # import fails as if never built
+from monitor.codec import FAST_DECODE_AVAILABLE, EventCodec, RawRecord
+from monitor.config import load_settings
+codec = EventCodec(load_settings({str(cfg)!r}))
+ev = {{"event_id": "e1", "model": "{MODEL}", "model_version": "v1", "ts": 1.7e9,
+       "score": 0.3, "features": {{}}}}
+b = codec.decode([RawRecord("p", 0, 0, json.dumps(ev).encode()),
+                  RawRecord("p", 0, 1, b"{{")])
+print(json.dumps([FAST_DECODE_AVAILABLE, codec.fast_path, b.predictions.event_id,
+                  [r.reason for r in b.rejected], codec.msgspec_batches]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
+        False, False, ["e1"], ["not_json"], 1]
