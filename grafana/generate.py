@@ -407,6 +407,13 @@ def overview() -> dict[str, Any]:
         timeseries("Batches / s", Target(
             rate("driftgate_batch_duration_seconds_count", J, "instance"), "{{instance}}"),
             unit="ops"),
+        timeseries("Decoded batches / s by codec path", Target(
+            rate("driftgate_decoded_batches_total", J, "path"), "{{path}}"), unit="ops",
+            stack=True, draw="bars", fill=80,
+            description="fast: the compiled yyjson path; msgspec: fast path off or not "
+                        "built, or a batch holding a record it left to msgspec (bad "
+                        "records, RFC 3339 times, CloudEvents headers). Only msgspec "
+                        "means the extension is missing: see the start-up log."),
         timeseries("Up and ready", Target(f"sum by (instance) (up{{{J}}})", "up {{instance}}"),
                    Target(f"sum by (instance) (driftgate_ready{{{J}}})",
                           "ready {{instance}}"), min=0, max=1, decimals=0,

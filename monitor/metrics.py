@@ -13,7 +13,7 @@ labels are of bounded cardinality (model, version, feature, reason, ...).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -231,6 +231,18 @@ class EngineCollector(Collector):
             yield rd
         if self.extra is not None:
             yield from self.extra()
+
+
+def codec_metrics(fast_batches: int, msgspec_batches: int) -> Iterator[Metric]:
+    """Batches decoded per codec path (``Service`` exports them)."""
+    fam = CounterMetricFamily(
+        "driftgate_decoded_batches",
+        "Record batches decoded (predictions and labels counted apart), by codec path: "
+        "fast (the compiled yyjson path) or msgspec (fast path off or not built, or a "
+        "batch holding a record the fast path left to msgspec).", labels=["path"])
+    fam.add_metric(["fast"], fast_batches)
+    fam.add_metric(["msgspec"], msgspec_batches)
+    yield fam
 
 
 def _add_divergences(

@@ -20,13 +20,13 @@ from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from detectors import ReferenceProfile
 from monitor.codec import FAST_DECODE_AVAILABLE, DecodedBatch, EventCodec
 from monitor.config import Settings
 from monitor.engine import Engine, Evaluation
-from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus
+from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus, codec_metrics
 from monitor.reports import attach_sample
 from monitor.sources import DeadLetterSink, Source, SourceBatch
 from monitor.state import SEQ_KEY, StateStore, StoreRegressedError, StoreUnavailableError
@@ -112,14 +112,7 @@ class Service:
                                                extra=self._extra, ready=self.ready))
 
     def _codec_metrics(self) -> Iterator[Metric]:
-        fam = CounterMetricFamily(
-            "driftgate_decoded_batches",
-            "Record batches decoded (predictions and labels counted apart), by codec path: "
-            "fast (the compiled yyjson path) or msgspec (fast path off or not built, or a "
-            "batch holding a record the fast path left to msgspec).", labels=["path"])
-        fam.add_metric(["fast"], self.codec.fast_batches)
-        fam.add_metric(["msgspec"], self.codec.msgspec_batches)
-        yield fam
+        return codec_metrics(self.codec.fast_batches, self.codec.msgspec_batches)
 
     def _extra(self) -> Any:
         for fn in self.extra_metrics:
