@@ -245,7 +245,7 @@ def prediction(draw: st.DrawFn) -> bytes:
                       indent=draw(st.sampled_from([None, None, 1]))).encode()
 
 
-@settings(max_examples=400, deadline=None, database=None,
+@settings(max_examples=250, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(values=st.lists(prediction(), min_size=1, max_size=8))
 def test_fast_path_equals_msgspec(cfg: Settings, values: list[bytes]) -> None:
@@ -257,7 +257,7 @@ def test_hypothesis_batches_do_take_the_fast_path(cfg: Settings) -> None:
     # the property above is only worth something if many of its batches are taken
     taken = []
 
-    @settings(max_examples=150, deadline=None, database=None,
+    @settings(max_examples=100, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(values=st.lists(prediction(), min_size=1, max_size=3))
     def run(values: list[bytes]) -> None:
@@ -382,7 +382,7 @@ def label_value(draw: st.DrawFn) -> bytes:
     return json.dumps({k: ev[k] for k in keys}, ensure_ascii=draw(st.booleans())).encode()
 
 
-@settings(max_examples=300, deadline=None, database=None,
+@settings(max_examples=200, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(values=st.lists(label_value(), min_size=1, max_size=8),
        preds=st.lists(prediction(), max_size=3))
