@@ -477,13 +477,8 @@ class EventCodec:
         """
         if len(records) < 2:
             return None
-        if self._cloudevents and any(map(_HEADERS, records)):
-            return None
-        values = [r.value for r in records]
-        if None in values:
-            return None
-        vals: list[bytes] = values  # type: ignore[assignment]
-        if (max(map(len, vals)) > self._max_bytes
+        vals = self._plain_values(records)
+        if (vals is None
                 or not all(map(bytes.startswith, vals, itertools.repeat(b"{")))
                 or not all(map(bytes.endswith, vals, itertools.repeat(b"}")))):
             return None
@@ -533,7 +528,6 @@ class EventCodec:
                             rejected: list[Rejected]) -> PredictionColumns:
         raw = self._fast_predictions(records)
         if raw is not None:
-            self.fast_batches += 1
             return self._prediction_columns(raw, records, rejected)
         if records:
             self.msgspec_batches += 1
@@ -551,7 +545,7 @@ class EventCodec:
         """The batch's columns from the compiled fast path, or ``None`` when it is
         not installed, not enabled, or leaves any record of the batch to msgspec."""
         fast = self._fast
-        values = self._fast_values(records)
+        values = self._plain_values(records) if fast is not None else None
         if fast is None or values is None:
             return None
         n = len(values)
@@ -563,6 +557,7 @@ class EventCodec:
         if not isinstance(out, tuple):  # the index of a record left to msgspec
             self.fast_fallbacks += 1
             return None
+        self.fast_batches += 1
         ids, models, versions, cats = out
         return _RawPredictions(
             event_id=ids, model=models, version=versions, ts=ts, score=score, amount=amount,
@@ -698,32 +693,43 @@ class EventCodec:
                                   f"got {amt!r}")
         return None
 
-    def _fast_values(self, records: Sequence[Record]) -> list[bytes] | None:
-        """The record values, if the fast path is on and may try this batch."""
-        if self._fast is None or not records:
-            return None
-        if self._cloudevents and any(map(_HEADERS, records)):
+    def _plain_values(self, records: Sequence[Record]) -> list[bytes] | None:
+        """The record values, if the batch may be decoded whole (by the fast path
+        or :meth:`_batch_decode`): no CloudEvents headers, every value present and
+        within the size limit. Otherwise ``None``: the per-record path decides."""
+        if not records or (self._cloudevents and any(map(_HEADERS, records))):
             return None
         values = [r.value for r in records]
         if None in values or max(map(len, values)) > self._max_bytes:  # type: ignore[arg-type]
             return None
         return values  # type: ignore[return-value]
 
+    def _fast_labels_columns(
+        self, records: Sequence[Record],
+    ) -> tuple[list[str], npt.NDArray[np.int64], npt.NDArray[np.float64],
+               npt.NDArray[np.float64], Callable[[int], Any]] | None:
+        """Event ids, label, ts and amount columns (and a lazy struct per row) from
+        the compiled fast path, or ``None`` as for :meth:`_fast_predictions`."""
+        fast = self._fast_labels
+        values = self._plain_values(records) if fast is not None else None
+        if fast is None or values is None:
+            return None
+        n = len(values)
+        label, ts, amount = np.empty(n, dtype=np.int64), np.empty(n), np.empty(n)
+        out = fast(values, self._fast_label_keys, label, ts, amount)
+        if not isinstance(out, list):  # the index of a record left to msgspec
+            self.fast_fallbacks += 1
+            return None
+        self.fast_batches += 1
+        return out, label, ts, amount, _lazy_structs(self._label_decoder, values)
+
     def _decode_labels(self, records: Sequence[Record],
                        rejected: list[Rejected]) -> LabelColumns:
-        values = self._fast_values(records)
-        out: object = None
-        if values is not None and self._fast_labels is not None:
-            n = len(values)
-            label, ts, amount = np.empty(n, dtype=np.int64), np.empty(n), np.empty(n)
-            out = self._fast_labels(values, self._fast_label_keys, label, ts, amount)
-            if not isinstance(out, list):
-                self.fast_fallbacks += 1
-        if isinstance(out, list):
-            self.fast_batches += 1
-            eid_c: list[str] = out
+        fast = self._fast_labels_columns(records)
+        if fast is not None:
+            eid_c, label, ts, amount, struct_of = fast
             recs = records
-            struct_of = _lazy_structs(self._label_decoder, values or [])
+            n = len(recs)
         else:
             if records:
                 self.msgspec_batches += 1

@@ -409,36 +409,28 @@ class Engine:
                 pairs = list(zip(ids, entries, strict=True))
                 is_hit = list(map(hits.__contains__, ids))
                 new = dict(itertools.compress(pairs, map(operator.not_, is_hit)))
-                joined: list[tuple[int, int, bool, float, int, float]] = []
-                for eid, entry in itertools.compress(pairs, is_hit):
-                    orphan = orphans.pop(eid)
-                    if self._orphan_log is not None:
-                        self._orphan_log.delete(eid, orphan[3])
-                    joined.append((entry[0], entry[1], entry[2], entry[3], orphan[0],
-                                   orphan[1]))
-                self._apply_joined_rows(joined, stats)
+                self._join_orphans([(entry, self._pop_orphan(eid))
+                                    for eid, entry in itertools.compress(pairs, is_hit)],
+                                   stats)
             if new:
                 pending.update(new)
                 if self._pending_log is not None:
                     self._pending_log.put_many(new)
         else:
-            joined_rows: list[tuple[int, int, bool, float, int, float]] = []
+            joins: list[tuple[Any, Any]] = []
             for eid, entry in zip(ids, entries, strict=True):
                 if eid in pending:
                     self.duplicates["prediction"] += 1
                     continue
-                orphan = orphans.pop(eid, None)
+                orphan = self._pop_orphan(eid)
                 if orphan is not None:
-                    if self._orphan_log is not None:
-                        self._orphan_log.delete(eid, orphan[3])
-                    joined_rows.append((entry[0], entry[1], entry[2], entry[3], orphan[0],
-                                        orphan[1]))
+                    joins.append((entry, orphan))
                     continue
                 pending[eid] = entry
                 if self._pending_log is not None:
                     self._pending_log.put(eid, entry)
-            if joined_rows:
-                self._apply_joined_rows(joined_rows, stats)
+            if joins:
+                self._join_orphans(joins, stats)
         cap = self.settings.join.max_pending
         while len(pending) > cap:
             eid, entry = pending.popitem(last=False)
@@ -496,17 +488,20 @@ class Engine:
                 olog.delete(eid, o[3])
             self.unmatched_labels["capacity"] += 1
 
-    def _apply_joined_rows(
-        self,
-        rows: list[tuple[int, int, bool, float, int, float]],
-        stats: BatchStats,
-    ) -> None:
-        """Apply joined (version, slice, decision, amount, label, label amount) rows."""
-        vi, sid, dec, amt, lab, lamt = zip(*rows, strict=True)
-        self._apply_joined(np.array(vi, dtype=np.intp), np.array(sid, dtype=np.int64),
-                           np.array(dec, dtype=np.bool_), np.array(amt, dtype=np.float64),
-                           np.array(lab, dtype=np.bool_), np.array(lamt, dtype=np.float64),
-                           stats)
+    def _pop_orphan(self, eid: str) -> Any:
+        """The label waiting for prediction ``eid``, taken out of the buffer, or None."""
+        orphan = self._orphans.pop(eid, None)
+        if orphan is not None and self._orphan_log is not None:
+            self._orphan_log.delete(eid, orphan[3])
+        return orphan
+
+    def _join_orphans(self, joins: list[tuple[Any, Any]], stats: BatchStats) -> None:
+        """Count predictions whose label came first: (pending entry, orphan) pairs."""
+        entries, orphans = zip(*joins, strict=True)
+        vi, sid, dec, amt = _entry_columns(list(entries))
+        self._apply_joined(vi, sid, dec, amt,
+                           np.array([o[0] for o in orphans], dtype=np.bool_),
+                           np.array([o[1] for o in orphans], dtype=np.float64), stats)
 
     def _apply_joined(
         self,
