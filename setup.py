@@ -13,6 +13,8 @@ setup(
             "monitor._fastdecode",
             sources=["monitor/_native/fastdecode.c", "monitor/_native/yyjson.c"],
             include_dirs=["monitor/_native"],
+            # listed so the sdist ships the header (and a changed header rebuilds)
+            depends=["monitor/_native/yyjson.h"],
             define_macros=[
                 # only the reader is used; no JSON extensions (comments, NaN, ...)
                 ("YYJSON_DISABLE_WRITER", "1"),
