@@ -9,6 +9,13 @@ O(size of one count array), whatever the number of events.
 
 Windows are mergeable: two windows fed disjoint parts of a stream, merged,
 equal the window fed the whole stream (:meth:`SlicedWindow.merge`).
+
+A window may also hold up to ``ahead`` slices *newer* than its head, outside
+the total until the head reaches them. With event time kept per source
+partition, the head follows the slowest active partition (the watermark)
+while a partition read ahead of it (a backlog consumed at uneven speeds)
+still lands its counts; they enter the window when the watermark gets there,
+as in Flink's and Beam's event-time windows.
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ class SlicedWindow:
         Shape of one slice's count array, e.g. ``(features, bins)``.
     dtype : {"int64", "float64"}, default "int64"
         Element type; float64 is for weighted sums such as fraud amounts.
+    ahead : int, default 0
+        Slices newer than the head that may be held without moving it (kept
+        apart, sparse, and out of :attr:`total` until the head reaches them).
+        A slice further ahead moves the head to ``slice - ahead``.
 
     Examples
     --------
@@ -64,15 +75,31 @@ class SlicedWindow:
     ([5, 7], (11, 13))
     >>> w.add(10, np.array([1, 1]))   # older than the window: refused (late)
     False
+
+    Slices ahead of the head wait outside the total:
+
+    >>> v = SlicedWindow(n_slices=2, shape=(1,), ahead=5)
+    >>> v.advance(10)
+    >>> v.add(13, np.array([4]))      # held, head stays at 10
+    True
+    >>> v.total.tolist(), v.head, sorted(v.slice_ids())
+    ([0], 10, [13])
+    >>> v.advance(13)                 # the head reaches it
+    >>> v.total.tolist(), v.bounds
+    ([4], (12, 13))
     """
 
-    def __init__(self, n_slices: int, shape: tuple[int, ...], dtype: str = "int64") -> None:
+    def __init__(self, n_slices: int, shape: tuple[int, ...], dtype: str = "int64",
+                 ahead: int = 0) -> None:
         if isinstance(n_slices, bool) or not isinstance(n_slices, int) or n_slices < 1:
             raise ValueError(f"n_slices must be an integer >= 1, got {n_slices!r}")
         if any((not isinstance(d, int)) or d < 0 for d in shape):
             raise ValueError(f"shape must be non-negative integers, got {shape!r}")
         if dtype not in ("int64", "float64"):
             raise ValueError(f"dtype must be 'int64' or 'float64', got {dtype!r}")
+        if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 0:
+            raise ValueError(f"ahead must be an integer >= 0, got {ahead!r}")
+        self.ahead = ahead
         self.n_slices = n_slices
         self.shape = tuple(shape)
         self.dtype = dtype
@@ -83,6 +110,8 @@ class SlicedWindow:
         self._ids = np.full(self.n_slices, np.iinfo(np.int64).min, dtype=np.int64)
         self._total: npt.NDArray[Any] = np.zeros(self.shape, dtype=self.dtype)
         self._head: int | None = None
+        # slices newer than the head (at most ``ahead`` of them), out of the total
+        self._ahead: dict[int, npt.NDArray[Any]] = {}
 
     @property
     def head(self) -> int | None:
@@ -108,26 +137,38 @@ class SlicedWindow:
         return self._head is None or slice_id > self._head - self.n_slices
 
     def advance(self, slice_id: int) -> None:
-        """Move the head to ``slice_id`` (if newer), expiring old slices."""
+        """Move the head to ``slice_id`` (if newer), expiring old slices; held
+        slices the head now reaches enter the window."""
         if self._head is not None and slice_id <= self._head:
             return
+        empty = np.iinfo(np.int64).min
         if self._head is None or slice_id - self._head >= self.n_slices:
             self._ring[...] = 0
-            self._ids[:] = np.iinfo(np.int64).min
+            self._ids[:] = empty
             self._total[...] = 0
         else:
             for s in range(self._head + 1, slice_id + 1):
                 pos = s % self.n_slices
-                if self._ids[pos] != np.iinfo(np.int64).min:
+                if self._ids[pos] != empty:
                     self._total -= self._ring[pos]
                     self._ring[pos] = 0
-                    self._ids[pos] = np.iinfo(np.int64).min
+                    self._ids[pos] = empty
         self._head = int(slice_id)
+        if self._ahead:
+            for sid in sorted(s for s in self._ahead if s <= slice_id):
+                counts = self._ahead.pop(sid)
+                if sid > slice_id - self.n_slices:
+                    pos = sid % self.n_slices
+                    self._ring[pos] = counts
+                    self._ids[pos] = sid
+                    self._total += counts
 
     def add(self, slice_id: int, counts: npt.ArrayLike) -> bool:
         """Add ``counts`` to slice ``slice_id``; False if it is older than the window.
 
-        A slice newer than the head moves the head forward first.
+        A slice up to ``ahead`` slices newer than the head is held outside the
+        total; one further ahead (or any newer slice, with ``ahead=0``) moves the
+        head forward first.
         """
         arr = np.asarray(counts)
         if arr.shape != self.shape:
@@ -139,7 +180,17 @@ class SlicedWindow:
         sid = int(slice_id)
         if not self.accepts(sid):
             return False
-        self.advance(sid)
+        if self._head is None:
+            self.advance(sid)
+        elif sid > self._head:
+            if sid - self._head <= self.ahead:
+                held = self._ahead.get(sid)
+                self._ahead[sid] = arr.astype(self.dtype) if held is None else held + arr
+                return True
+            self.advance(sid - self.ahead)
+            if sid > self._head:  # exactly ``ahead`` slices ahead now: nothing held there
+                self._ahead[sid] = arr.astype(self.dtype)
+                return True
         pos = sid % self.n_slices
         self._ring[pos] += arr
         self._ids[pos] = sid
@@ -150,8 +201,8 @@ class SlicedWindow:
         """Add a stack of per-slice counts (``counts[i]`` to ``slice_ids_[i]``).
 
         Returns the slice ids refused as too old (late), oldest first. The head
-        first moves to the newest id, so an old slice in the same call is judged
-        against the window that the new one opens.
+        first moves to the newest id (less ``ahead``), so an old slice in the same
+        call is judged against the window that the new one opens.
         """
         ids = np.asarray(slice_ids_, dtype=np.int64)
         stack = np.asarray(counts)
@@ -161,14 +212,16 @@ class SlicedWindow:
             )
         if ids.size == 0:
             return ids
-        self.advance(int(ids.max()))
+        if self._head is None or int(ids.max()) - self._head > self.ahead:
+            self.advance(int(ids.max()) - (self.ahead if self._head is not None else 0))
         refused = [int(s) for s, c in zip(ids, stack, strict=True) if not self.add(int(s), c)]
         return np.array(sorted(refused), dtype=np.int64)
 
     def slice_ids(self) -> set[int]:
-        """Ids of the slices the window holds (no copies)."""
+        """Ids of the slices the window holds, those ahead of the head included
+        (no copies)."""
         empty = np.iinfo(np.int64).min
-        return {int(s) for s in self._ids.tolist() if s != empty}
+        return {int(s) for s in self._ids.tolist() if s != empty} | self._ahead.keys()
 
     def get(self, slice_id: int) -> npt.NDArray[Any] | None:
         """A copy of one slice's counts, or None if the window does not hold it.
@@ -179,6 +232,9 @@ class SlicedWindow:
         >>> w.get(5).tolist(), w.get(4), w.slice_ids()
         ([3], None, {5})
         """
+        held = self._ahead.get(int(slice_id))
+        if held is not None:
+            return held.copy()
         pos = int(slice_id) % self.n_slices
         if self._ids[pos] != slice_id:
             return None
@@ -187,8 +243,10 @@ class SlicedWindow:
 
     def slices(self) -> dict[int, npt.NDArray[Any]]:
         """The non-empty slices the window holds, ``{slice_id: counts}``."""
-        return {sid: self._ring[sid % self.n_slices].copy()
-                for sid in sorted(self.slice_ids())}
+        out = {sid: self._ring[sid % self.n_slices].copy()
+               for sid in sorted(self.slice_ids() - self._ahead.keys())}
+        out.update((sid, self._ahead[sid].copy()) for sid in sorted(self._ahead))
+        return out
 
     def merge(self, other: SlicedWindow) -> SlicedWindow:
         """A new window holding the slices of both (e.g. of two instances)."""
@@ -197,7 +255,8 @@ class SlicedWindow:
                 f"cannot merge windows of ({self.n_slices}, {self.shape}) and "
                 f"({other.n_slices}, {other.shape})"
             )
-        merged = SlicedWindow(self.n_slices, self.shape, self.dtype)
+        merged = SlicedWindow(self.n_slices, self.shape, self.dtype,
+                              max(self.ahead, other.ahead))
         heads = [h for h in (self._head, other._head) if h is not None]
         if heads:
             merged.advance(max(heads))
@@ -209,14 +268,14 @@ class SlicedWindow:
     def state(self) -> dict[str, Any]:
         """Plain-data snapshot (for state stores)."""
         return {"n_slices": self.n_slices, "shape": list(self.shape), "dtype": self.dtype,
-                "head": self._head,
+                "ahead": self.ahead, "head": self._head,
                 "slices": {str(k): v.tolist() for k, v in self.slices().items()}}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> SlicedWindow:
         """Inverse of :meth:`state`."""
         w = cls(int(state["n_slices"]), tuple(int(d) for d in state["shape"]),
-                str(state.get("dtype", "int64")))
+                str(state.get("dtype", "int64")), int(state.get("ahead", 0)))
         if state["head"] is not None:
             w.advance(int(state["head"]))
         for sid, counts in state["slices"].items():

@@ -26,6 +26,7 @@ import itertools
 import math
 import operator
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +71,7 @@ REASONS = (
     "missing_field",
     "bad_event_id",
     "bad_timestamp",
+    "future_timestamp",
     "score_out_of_range",
     "score_not_finite",
     "bad_amount",
@@ -261,8 +263,14 @@ class EventCodec:
         self,
         settings: Settings,
         version_allowed: Callable[[str, str], bool] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.clock = clock
+        # events stamped later than this (wall clock + allowed skew, set per
+        # decode call) are refused as future_timestamp; inf: no check
+        self._future_skew = settings.future_skew_seconds
+        self._not_after = math.inf
         f = settings.fields
         self.numeric_features = list(settings.features.numeric)
         self.categorical_features = list(settings.features.categorical)
@@ -452,6 +460,8 @@ class EventCodec:
         labels: Sequence[Record] = (),
     ) -> DecodedBatch:
         """Decode prediction and label records into columns plus rejections."""
+        if self._future_skew is not None:
+            self._not_after = self.clock() + self._future_skew
         rejected: list[Rejected] = []
         preds = self._decode_predictions(predictions, rejected)
         _in_record_order(rejected, predictions)
@@ -617,6 +627,8 @@ class EventCodec:
         ts = _ts_seconds(ev.ts)
         if not math.isfinite(ts) or not 0.0 <= ts < 1e11:
             return "bad_timestamp", f"{f.ts} must be epoch seconds or RFC 3339, got {ev.ts!r}"
+        if ts > self._not_after:
+            return "future_timestamp", self._future_detail(ev.ts)
         amount = ev.amount
         if amount is not None and not 0 <= amount <= self._max_amount:
             return "bad_amount", (f"{f.amount} must be in [0, {self._max_amount:g}]"
@@ -627,6 +639,11 @@ class EventCodec:
         if decision is not None and not isinstance(decision, bool) and decision not in (0, 1):
             return "wrong_type", f"{f.decision} must be a boolean or 0/1, got {decision!r}"
         return None
+
+    def _future_detail(self, raw_ts: Any) -> str:
+        return (f"{self.settings.fields.ts} {raw_ts!r} is more than "
+                f"{self._future_skew:g} s ahead of the wall clock; events from the "
+                "future never move event time (windows.max_future_skew_seconds)")
 
     def _too_many_versions(self, model: str, version: str) -> tuple[str, str]:
         f = self.settings.fields
@@ -645,7 +662,8 @@ class EventCodec:
         model_c, version_c = raw.model, raw.version
         with np.errstate(invalid="ignore"):
             bad = ~((score >= 0.0) & (score <= 1.0)) | ~((ts >= 0.0) & (ts < 1e11)) | (
-                amount < 0.0) | (amount > self._max_amount) | (dec > 1)
+                amount < 0.0) | (amount > self._max_amount) | (dec > 1) | (
+                ts > self._not_after)
         if not self._allow_unknown_models:
             unknown = set(model_c).difference(self._models)
             if unknown:
@@ -687,6 +705,8 @@ class EventCodec:
         if ev.ts is not None and (not math.isfinite(t) or not 0.0 <= t < 1e11):
             return "bad_timestamp", (f"{f.ts} must be epoch seconds or RFC 3339, "
                                      f"got {ev.ts!r}")
+        if t > self._not_after:
+            return "future_timestamp", self._future_detail(ev.ts)
         amt = ev.amount
         if amt is not None and not 0 <= amt <= self._max_amount:
             return "bad_amount", (f"{f.amount} must be in [0, {self._max_amount:g}], "
@@ -751,7 +771,7 @@ class EventCodec:
             struct_of = structs.__getitem__
         with np.errstate(invalid="ignore"):
             bad = ((label != 0) & (label != 1)) | (ts < 0.0) | (ts >= 1e11) | np.isinf(ts) | (
-                amount < 0.0) | (amount > self._max_amount)
+                amount < 0.0) | (amount > self._max_amount) | (ts > self._not_after)
         keep: npt.NDArray[np.intp] | None = None
         problems = _flagged_problems(bad, struct_of, self._validate_label)
         if problems:

@@ -229,6 +229,18 @@ class WindowSettings(_Strict):
     window_seconds: float = Field(300.0, gt=0)
     kpi_window_seconds: float = Field(3600.0, gt=0)
     allowed_lateness_seconds: float = Field(60.0, ge=0)
+    #: a source partition with no records for this long (processing time) stops
+    #: holding the watermark back (Flink's ``withIdleness``)
+    idle_partition_seconds: float = Field(30.0, gt=0, le=86_400)
+    #: how far ahead of the watermark (the slowest active partition) a faster
+    #: partition's slices are held; a partition further ahead moves the window
+    max_ahead_seconds: float = Field(3600.0, ge=0, le=7 * 86_400)
+    #: events stamped further ahead of the wall clock are refused as
+    #: ``future_timestamp`` (None: no check); on by default for live sources only
+    max_future_skew_seconds: float | None = Field(300.0, gt=0, le=10 * 365 * 86_400)
+    #: apply the future-timestamp check to replays of files too (they keep their
+    #: own time otherwise: a backtest of last month may be "in the future" of nothing)
+    future_check_on_replay: bool = False
 
     @model_validator(mode="after")
     def _multiples(self) -> WindowSettings:
@@ -254,6 +266,10 @@ class WindowSettings(_Strict):
     def kpi_n_slices(self) -> int:
         return round(self.kpi_window_seconds / self.slice_seconds)
 
+    @property
+    def ahead_slices(self) -> int:
+        return math.ceil(self.max_ahead_seconds / self.slice_seconds)
+
 
 class JoinSettings(_Strict):
     """The label join buffer (predictions waiting for labels, and vice versa)."""
@@ -261,6 +277,16 @@ class JoinSettings(_Strict):
     ttl_seconds: float = Field(3600.0, gt=0)
     max_pending: int = Field(1_000_000, ge=1)
     max_orphan_labels: int = Field(100_000, ge=0)
+
+
+class DedupeSettings(_Strict):
+    """Each event id counted once within a horizon of event time (monitor.dedupe)."""
+
+    enabled: bool = True
+    #: how long (event time) an id is remembered; None: the join TTL
+    horizon_seconds: float | None = Field(None, gt=0, le=400 * 86_400)
+    #: memory cap (16 B per id): past it the oldest ids are forgotten early
+    max_ids: int = Field(50_000_000, ge=1000, le=2_000_000_000)
 
 
 class EvaluationSettings(_Strict):
@@ -414,6 +440,7 @@ class Settings(BaseSettings):
     reference: ReferenceSettings
     windows: WindowSettings = Field(default_factory=WindowSettings)
     join: JoinSettings = Field(default_factory=JoinSettings)
+    dedupe: DedupeSettings = Field(default_factory=DedupeSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     log: LogSettings = Field(default_factory=LogSettings)
@@ -477,6 +504,20 @@ class Settings(BaseSettings):
         # explicit overrides > environment > the YAML file (see load_settings);
         # nested sections are merged key by key
         return (init_settings, env_settings, _YamlSource(settings_cls), file_secret_settings)
+
+    @property
+    def dedupe_horizon_seconds(self) -> float:
+        """The dedupe horizon in force (``dedupe.horizon_seconds`` or the join TTL)."""
+        h = self.dedupe.horizon_seconds
+        return self.join.ttl_seconds if h is None else h
+
+    @property
+    def future_skew_seconds(self) -> float | None:
+        """The future-timestamp limit in force for this source, or None."""
+        w = self.windows
+        if self.source == "replay" and not w.future_check_on_replay:
+            return None
+        return w.max_future_skew_seconds
 
     def model(self, name: str) -> ModelSettings | None:
         for m in self.models:

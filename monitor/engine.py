@@ -11,9 +11,18 @@ keeps, per model version:
 
 A bounded join buffer matches labels to predictions by event id in either
 arrival order (labels usually come late, but across topics they may come
-first). Time is event time: the *watermark* is the largest event timestamp
-seen; a prediction older than ``watermark - allowed_lateness`` (or whose slice
-has left the window) is counted as late and kept out of the windows.
+first). Each event id counts once within the dedupe horizon
+(:class:`monitor.dedupe.SeenIds`): a copy is counted as a duplicate and
+nothing else.
+
+Time is event time, kept per source partition: each partition's watermark is
+the largest event timestamp read from it, and the engine's *watermark* is the
+minimum over active partitions (one with no records for
+``windows.idle_partition_seconds`` stops holding the others back), never
+going backwards. A prediction older than ``watermark - allowed_lateness`` (or
+whose slice has left the window) is counted as late and kept out of the
+windows; a faster partition's slices ahead of the watermark are held (up to
+``windows.max_ahead_seconds``) and enter the windows when it gets there.
 
 :meth:`Engine.evaluate` computes PSI/KL/JS per feature and for the score
 against the reference and canary-vs-champion, and the KPIs with Wilson
@@ -52,6 +61,7 @@ from detectors import (
 from detectors.kpi import FraudKPIs
 from monitor.codec import DecodedBatch, LabelColumns, PredictionColumns
 from monitor.config import Settings
+from monitor.dedupe import SeenIds, decode_ids, encode_ids, hash_ids
 from monitor.reports import SliceReservoir
 from monitor.state import SEP, Commit, JoinLog
 
@@ -200,6 +210,17 @@ class Engine:
             for m in settings.models
         }
         self.watermark = -math.inf
+        # event time per source partition of the predictions topic: its largest
+        # timestamp, and when (processing time) it last had records
+        self.partition_watermarks: dict[int, float] = {}
+        self._partition_seen: dict[int, float] = {}
+        # the windows' head slice (the watermark's, or further when a partition
+        # ran more than windows.max_ahead_seconds ahead)
+        self._head: int | None = None
+        ds = settings.dedupe
+        horizon = settings.dedupe_horizon_seconds
+        self.seen_predictions = SeenIds(horizon, max_ids=ds.max_ids) if ds.enabled else None
+        self.seen_labels = SeenIds(horizon, max_ids=ds.max_ids) if ds.enabled else None
         # join buffers, in arrival order: event_id ->
         # (version index into _vkeys, slice id, decision, amount, event time, partition)
         self._pending: OrderedDict[str, Any] = OrderedDict()
@@ -276,15 +297,18 @@ class Engine:
         w = self.settings.windows
         ev = self.settings.evaluation
         ref = self.reference
+        ahead = w.ahead_slices
         return VersionState(
             model=model,
             version=version,
-            numeric=SlicedWindow(w.n_slices, (len(ref.numeric.features), ref.numeric.n_columns)),
+            numeric=SlicedWindow(w.n_slices, (len(ref.numeric.features), ref.numeric.n_columns),
+                                 ahead=ahead),
             categorical=SlicedWindow(
-                w.n_slices, (len(ref.categorical.features), ref.categorical.n_columns)),
-            score=SlicedWindow(w.n_slices, (1, ref.score.n_columns)),
-            kpi_counts=SlicedWindow(w.kpi_n_slices, (4,)),
-            kpi_amounts=SlicedWindow(w.kpi_n_slices, (4,), dtype="float64"),
+                w.n_slices, (len(ref.categorical.features), ref.categorical.n_columns),
+                ahead=ahead),
+            score=SlicedWindow(w.n_slices, (1, ref.score.n_columns), ahead=ahead),
+            kpi_counts=SlicedWindow(w.kpi_n_slices, (4,), ahead=ahead),
+            kpi_amounts=SlicedWindow(w.kpi_n_slices, (4,), dtype="float64", ahead=ahead),
             adwin_error=BatchADWIN(delta=ev.adwin_delta),
             adwin_score=BatchADWIN(delta=ev.adwin_delta),
             sample=(SliceReservoir(ev.report_sample_size, w.n_slices,
@@ -324,22 +348,83 @@ class Engine:
         self._dirty = True
         return stats
 
+    def _partitions_of(self, partition: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.int64]:
+        return partition if partition.size == n else np.zeros(n, dtype=np.int64)
+
+    def _drop_copies(self, seen: SeenIds | None, kind: str, ids: list[str],
+                     part: npt.NDArray[np.int64], ts: npt.NDArray[np.float64]
+                     ) -> npt.NDArray[np.intp] | None:
+        """The rows to keep when some are copies of ids seen within the dedupe
+        horizon (or of earlier rows of the batch), counting the copies; None when
+        every row is new."""
+        if seen is None:
+            return None
+        dup = seen.check_and_add(hash_ids(ids), part, ts)
+        n_dup = int(np.count_nonzero(dup))
+        if not n_dup:
+            return None
+        self.duplicates[kind] += n_dup
+        return np.flatnonzero(~dup)
+
+    def _watermarks(self, ts: npt.NDArray[np.float64],
+                    part: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """The engine watermark before each row (the minimum over active partitions
+        of their largest timestamp so far, never going back); updates the
+        partitions' watermarks and the engine's."""
+        now = self.clock()
+        idle_after = now - self.settings.windows.idle_partition_seconds
+        start = self.watermark
+        here = np.unique(part).tolist()
+        others = [wm for p, wm in self.partition_watermarks.items()
+                  if p not in here and self._partition_seen.get(p, -math.inf) >= idle_after]
+        floor_ = min(others, default=math.inf)
+        n = ts.size
+        combined = np.full(n, floor_)
+        for p in here:
+            run = np.where(part == p, ts, -math.inf)
+            run[0] = max(run[0], self.partition_watermarks.get(p, -math.inf))
+            np.maximum.accumulate(run, out=run)
+            np.minimum(combined, run, out=combined)
+            self.partition_watermarks[p] = float(run[-1])
+            self._partition_seen[p] = now
+        # inf only when no partition is known at all (cannot happen with rows)
+        combined[np.isinf(combined) & (combined > 0)] = -math.inf
+        np.maximum(combined, start, out=combined)
+        np.maximum.accumulate(combined, out=combined)
+        self.watermark = float(combined[-1])
+        prev: npt.NDArray[np.float64] = np.r_[start, combined[:-1]]
+        return prev
+
     def _process_predictions(self, cols: PredictionColumns, stats: BatchStats) -> None:
         w = self.settings.windows
         n = len(cols)
+        part = self._partitions_of(cols.partition, n)
+        keep = self._drop_copies(self.seen_predictions, "prediction", cols.event_id, part,
+                                 cols.ts)
+        if keep is not None:
+            cols, part = cols.take(keep), part[keep]
+            n = len(cols)
+            if not n:
+                return
         stats.predictions += n
-        # Running watermark: event i is late if older than max(ts before i) minus the
-        # allowed lateness, or if its slice had already left the window when it came.
-        # An in-order event whose slice expires later in the same batch is not late:
-        # it is counted and expires, as it would have one event at a time.
-        prev = np.maximum.accumulate(np.r_[self.watermark, cols.ts])[:-1]
+        # Event i is late if older than the watermark before it (the minimum over
+        # active partitions of their largest timestamp) minus the allowed lateness,
+        # or if its slice had already left the window when it came. An in-order
+        # event whose slice expires later in the same batch is not late: it is
+        # counted and expires, as it would have one event at a time.
+        prev = self._watermarks(cols.ts, part)
         sids = np.floor(cols.ts / w.slice_seconds).astype(np.int64)
         with np.errstate(invalid="ignore"):
             prev_head = np.floor(prev / w.slice_seconds)
+        # a partition more than max_ahead ahead of the watermark moves the windows
+        ahead = w.ahead_slices
+        forced = np.maximum.accumulate(np.r_[-np.inf if self._head is None else self._head,
+                                             sids - ahead])
+        np.maximum(prev_head, forced[:-1], out=prev_head)
         late = (cols.ts < prev - w.allowed_lateness_seconds) | (
             sids <= prev_head - w.n_slices)
-        self.watermark = max(self.watermark, float(cols.ts.max()))
-        head = math.floor(self.watermark / w.slice_seconds)
+        head = max(math.floor(self.watermark / w.slice_seconds), int(forced[-1]))
+        self._head = head
         if self._unstamped_orphans:
             self._stamp_orphans()
         ref = self.reference
@@ -391,10 +476,9 @@ class Engine:
         orphans = self._orphans
         ids = cols.event_id
         vidx = [self._version_index(k) for k in group_of]
-        part = cols.partition.tolist() if cols.partition.size == n else [0] * n
         entries = zip(map(vidx.__getitem__, inverse.tolist()), sids.tolist(),
-                      cols.decision.tolist(), cols.amount.tolist(), cols.ts.tolist(), part,
-                      strict=True)
+                      cols.decision.tolist(), cols.amount.tolist(), cols.ts.tolist(),
+                      part.tolist(), strict=True)
         idset = set(ids)
         if len(idset) == n and pending.keys().isdisjoint(idset):
             # the common case: no duplicate; bulk inserts, and only the events
@@ -439,11 +523,27 @@ class Engine:
             self.evictions["capacity"] += 1
 
     def _process_labels(self, cols: LabelColumns, stats: BatchStats) -> None:
-        stats.labels += len(cols)
-        self.labels_total += len(cols)
+        n = len(cols)
+        if self.seen_labels is not None:
+            # a label without a time of its own is remembered from the watermark
+            # (or the wall clock, before any prediction)
+            fill = self.watermark if math.isfinite(self.watermark) else self.clock()
+            keep = self._drop_copies(self.seen_labels, "label", cols.event_id,
+                                     self._partitions_of(cols.partition, n),
+                                     np.where(np.isnan(cols.ts), fill, cols.ts))
+            if keep is not None:
+                cols = LabelColumns(
+                    event_id=[cols.event_id[i] for i in keep.tolist()], label=cols.label[keep],
+                    ts=cols.ts[keep], amount=cols.amount[keep],
+                    partition=cols.partition[keep] if cols.partition.size == n
+                    else cols.partition)
+                n = len(cols)
+                if not n:
+                    return
+        stats.labels += n
+        self.labels_total += n
         pending = self._pending
         orphans = self._orphans
-        n = len(cols)
         ids = cols.event_id
         # every label takes its prediction out of the buffer, in order, in C; only
         # the labels without one are looked at one by one (they become orphans)
@@ -579,6 +679,9 @@ class Engine:
     def _expire(self) -> None:
         if not math.isfinite(self.watermark):
             return
+        for seen in (self.seen_predictions, self.seen_labels):
+            if seen is not None:
+                seen.expire(self.watermark)
         horizon = self.watermark - self.settings.join.ttl_seconds
         pending = self._pending
         plog, olog = self._pending_log, self._orphan_log
@@ -698,6 +801,9 @@ class Engine:
         out[g + "labels_total"] = float(self.labels_total)
         if math.isfinite(self.watermark):
             out[g + "watermark"] = self.watermark
+            # a shared store takes the minimum over active instances (state.py)
+            out[g + "active_until"] = (self.clock()
+                                       + self.settings.windows.idle_partition_seconds)
         for name, ctr in (("duplicates", self.duplicates), ("evictions", self.evictions),
                           ("unmatched", self.unmatched_labels)):
             for k, n in ctr.items():
@@ -732,9 +838,13 @@ class Engine:
 
     # ------------------------------------------------------- join persistence
     def track_join_changes(self) -> None:
-        """Log join-buffer changes from now on, for :meth:`delta` (a state store)."""
+        """Log join-buffer changes (and ids seen) from now on, for :meth:`delta`
+        (a state store)."""
         self._pending_log = JoinLog()
         self._orphan_log = JoinLog()
+        for seen in (self.seen_predictions, self.seen_labels):
+            if seen is not None:
+                seen.logging = True
 
     def _join_field(self, kind: str) -> str:
         jss = self._join_store
@@ -747,6 +857,7 @@ class Engine:
         outgrew it (which then replaces them all)."""
         if self._pending_log is None or self._orphan_log is None:
             return
+        self._ids_delta(commit)
         jss = self._join_store
         kafka = self.settings.kafka
         touched: list[tuple[str, int]] = []
@@ -773,6 +884,51 @@ class Engine:
                * jss.entry_bytes.get(tp, _ENTRY_BYTES_GUESS) + _SNAPSHOT_MIN_BYTES]
         if due:
             self._join_snapshots(commit, due)
+
+    def _ids_delta(self, commit: Commit) -> None:
+        """Add the ids seen since the last commit to ``commit``, one field per
+        partition and expiry bucket (``i.{bucket}.{n}``) in the partition's join
+        hash; every 32 small fields of a bucket are merged into one, and the
+        fields of expired buckets are dropped."""
+        jss = self._join_store
+        kafka = self.settings.kafka
+        for seen, topic in ((self.seen_predictions, kafka.predictions_topic),
+                            (self.seen_labels, kafka.labels_topic)):
+            if seen is None:
+                continue
+            for part, (hashes, buckets) in sorted(seen.drain().items()):
+                tp = (topic, part)
+                per = jss.ids.setdefault(tp, {})
+                writes = commit.join_writes.setdefault(tp, {})
+                for bucket in np.unique(buckets).tolist():
+                    sel = buckets == bucket
+                    h = hashes[sel]
+                    fields = per.setdefault(int(bucket), _IdFields())
+                    name = f"i.{bucket}.{self._join_field('i')}"
+                    writes[name] = encode_ids(h, buckets[sel])
+                    fields.small.append((name, h))
+                    if len(fields.small) >= _IDS_MERGE_FIELDS:
+                        merged = np.concatenate([x for _, x in fields.small])
+                        for old, _ in fields.small:
+                            if writes.pop(old, None) is None:
+                                commit.join_drops.setdefault(tp, []).append(old)
+                        name = f"i.{bucket}.{self._join_field('i')}"
+                        writes[name] = encode_ids(merged, np.full(merged.size, bucket,
+                                                                  dtype=np.int64))
+                        fields.merged.append(name)
+                        fields.small = []
+            cutoff = seen.cutoff
+            if cutoff is None:
+                continue
+            for tp, per in jss.ids.items():
+                if tp[0] != topic:
+                    continue
+                for bucket in [b for b in per if b < cutoff]:
+                    fields = per.pop(bucket)
+                    writes = commit.join_writes.get(tp, {})
+                    for name in fields.merged + [x for x, _ in fields.small]:
+                        if writes.pop(name, None) is None:
+                            commit.join_drops.setdefault(tp, []).append(name)
 
     def _join_snapshots(self, commit: Commit, due: list[tuple[str, int]]) -> None:
         jss = self._join_store
@@ -814,6 +970,7 @@ class Engine:
         jss = self._join_store
         kafka = self.settings.kafka
         self.drop_join_partitions(list(blobs))
+        blobs = {tp: self._load_ids(tp, fields) for tp, fields in blobs.items()}
         newest = max((int(f.split(".", 1)[0]) for fields in blobs.values() for f in fields),
                      default=0)
         jss.epoch = max(epoch, newest + 1, jss.epoch + 1)
@@ -858,10 +1015,45 @@ class Engine:
         self._dirty = True
         return sum(map(len, loaded_p)) + sum(map(len, loaded_o))
 
+    def _load_ids(self, tp: tuple[str, int], fields: dict[str, bytes]) -> dict[str, bytes]:
+        """Take the stored ids seen of one partition over (the ``i.`` fields);
+        returns the other fields (the join buffer's)."""
+        kafka = self.settings.kafka
+        seen = (self.seen_predictions if tp[0] == kafka.predictions_topic
+                else self.seen_labels if tp[0] == kafka.labels_topic else None)
+        rest: dict[str, bytes] = {}
+        per = self._join_store.ids.setdefault(tp, {})
+        hs: list[npt.NDArray[np.uint64]] = []
+        bs: list[npt.NDArray[np.int64]] = []
+        for name, blob in fields.items():
+            if not name.startswith("i."):
+                rest[name] = blob
+                continue
+            bucket = int(name.split(".")[1])
+            per.setdefault(bucket, _IdFields()).merged.append(name)
+            h, b = decode_ids(blob)
+            hs.append(h)
+            bs.append(b)
+            # this instance's later field names must sort after the stored ones
+            self._join_store.epoch = max(self._join_store.epoch,
+                                         int(name.split(".")[2]) + 1)
+        if seen is not None and hs:
+            seen.load(tp[1], np.concatenate(hs), np.concatenate(bs))
+        return rest
+
     def drop_join_partitions(self, tps: list[tuple[str, int]]) -> None:
-        """Forget the local join entries of revoked partitions (the store keeps them)."""
+        """Forget the local join entries (and ids seen) of revoked partitions (the
+        store keeps them)."""
         kafka = self.settings.kafka
         jss = self._join_store
+        for seen, topic in ((self.seen_predictions, kafka.predictions_topic),
+                            (self.seen_labels, kafka.labels_topic)):
+            if seen is not None:
+                seen.drop(p for t, p in tps if t == topic)
+        for t, p in tps:
+            if t == kafka.predictions_topic:
+                self.partition_watermarks.pop(p, None)
+                self._partition_seen.pop(p, None)
         for buf, log, topic, in ((self._pending, self._pending_log, kafka.predictions_topic),
                                  (self._orphans, self._orphan_log, kafka.labels_topic)):
             parts = {p for t, p in tps if t == topic}
@@ -875,7 +1067,8 @@ class Engine:
                 for p in parts:
                     log.deletes.pop(p, None)
         for tp in tps:
-            for per in (jss.fields, jss.log_bytes, jss.snap_bytes, jss.live, jss.entry_bytes):
+            for per in (jss.fields, jss.log_bytes, jss.snap_bytes, jss.live, jss.entry_bytes,
+                        jss.ids):
                 per.pop(tp, None)
 
     def _states_from(self, slices: dict[tuple[str, str, str, int], list[bytes]],
@@ -915,6 +1108,12 @@ class Engine:
         """Forget everything counted (before a re-sync from the store)."""
         self.versions = {}
         self.watermark = -math.inf
+        self.partition_watermarks = {}
+        self._partition_seen = {}
+        self._head = None
+        for seen in (self.seen_predictions, self.seen_labels):
+            if seen is not None:
+                seen.clear()
         self.labels_total = 0
         self.duplicates = Counter()
         self.evictions = Counter()
@@ -1021,6 +1220,21 @@ class _JoinStoreState:
     snap_bytes: dict[tuple[str, int], int] = field(default_factory=dict)
     live: dict[tuple[str, int], int] = field(default_factory=dict)  # entries, about
     entry_bytes: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: the stored fields of ids seen, per partition and expiry bucket
+    ids: dict[tuple[str, int], dict[int, _IdFields]] = field(default_factory=dict)
+
+
+@dataclass
+class _IdFields:
+    """One partition's stored fields of ids seen in one expiry bucket: merged
+    fields, and small ones (one per commit, with their hashes) not yet merged."""
+
+    merged: list[str] = field(default_factory=list)
+    small: list[tuple[str, npt.NDArray[np.uint64]]] = field(default_factory=list)
+
+
+#: small id fields of one partition and bucket merged into one
+_IDS_MERGE_FIELDS = 32
 
 
 class _CatRows:

@@ -46,7 +46,8 @@ def make_store(settings: Settings) -> StateStore | None:
     st = settings.state
     if st.backend != "redis":
         return None
-    return RedisStore(st.redis_url, prefix=st.key_prefix, join_ttl_s=settings.join.ttl_seconds,
+    return RedisStore(st.redis_url, prefix=st.key_prefix,
+                      join_ttl_s=max(settings.join.ttl_seconds, settings.dedupe_horizon_seconds),
                       password=st.password_value(), username=st.username,
                       ssl_ca_file=str(st.tls_ca_file) if st.tls_ca_file else None,
                       socket_timeout_s=st.socket_timeout_seconds)

@@ -18,6 +18,7 @@ one; windows for evaluation are read by summing every instance's slices.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -233,14 +234,35 @@ class MemoryStore:
         return self._claims.setdefault(key, value)
 
 
-def _sum_counters(per_instance: Iterable[Mapping[str, float]]) -> dict[str, float]:
+#: counter of an instance's event-time watermark (the minimum over its active
+#: partitions), and until when (wall clock) that instance counts as active
+WATERMARK_KEY = SEP + SEP + "watermark"
+ACTIVE_UNTIL_KEY = SEP + SEP + "active_until"
+
+
+def _sum_counters(per_instance: Iterable[Mapping[str, float]],
+                  now: float | None = None) -> dict[str, float]:
+    """Every instance's counters added up; the watermark is the minimum over the
+    active instances (each one's is already the minimum over its partitions),
+    so a faster instance never makes a slower one's events late; an instance
+    that has not committed for its idle time stops holding the others back,
+    and with none active the largest watermark stands."""
     out: dict[str, float] = {}
+    active: list[float] = []
+    marks: list[float] = []
+    now = time.time() if now is None else now
     for counters in per_instance:
         for k, v in counters.items():
-            if k.endswith(f"{SEP}watermark"):
-                out[k] = max(out.get(k, -np.inf), v)
+            if k == WATERMARK_KEY:
+                marks.append(v)
+                if counters.get(ACTIVE_UNTIL_KEY, math.inf) >= now:
+                    active.append(v)
+            elif k == ACTIVE_UNTIL_KEY:
+                out[k] = max(out.get(k, -math.inf), v)
             else:
                 out[k] = out.get(k, 0.0) + v
+    if marks:
+        out[WATERMARK_KEY] = min(active) if active else max(marks)
     return out
 
 

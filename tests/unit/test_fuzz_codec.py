@@ -67,9 +67,12 @@ FAST: Counter[str] = Counter()
 
 
 def _settings(root: Path, name: str, limit: int) -> Settings:
+    # timestamps anywhere up to 1e11 are valid here: the wall-clock future check
+    # (windows.max_future_skew_seconds) has tests of its own in test_codec.py
     return load_settings(write_config(
         root / f"{name}.yaml", reference={"fit_from_champion_events": 10},
-        codec={"max_message_bytes": limit, "max_amount": MAX_AMOUNT}))
+        codec={"max_message_bytes": limit, "max_amount": MAX_AMOUNT},
+        windows={"max_future_skew_seconds": None}))
 
 
 @pytest.fixture(scope="module")
@@ -1032,9 +1035,13 @@ async def test_service_dead_letters_and_counts(
     kinds = {id(r): "prediction" for r in preds} | {id(r): "label" for r in labels} | {
         id(r): "unknown" for r in others}
     assert engine.invalid == Counter((kinds[id(rec)], reason) for rec, reason, _ in sink.records)
-    assert sum(st_.predictions_total for st_ in engine.versions.values()) == len(
-        expected.predictions)
-    assert engine.labels_total == len(expected.labels)
+    # each event id counts once (dedupe); copies are counted as duplicates
+    n_preds, n_labels = (len(set(expected.predictions.event_id)),
+                         len(set(expected.labels.event_id)))
+    assert sum(st_.predictions_total for st_ in engine.versions.values()) == n_preds
+    assert engine.labels_total == n_labels
+    assert engine.duplicates["prediction"] == len(expected.predictions) - n_preds
+    assert engine.duplicates["label"] == len(expected.labels) - n_labels
     assert source.commits == [offsets]
 
     # the service keeps handling: a following valid batch is all counted
