@@ -374,6 +374,15 @@ def overview() -> dict[str, Any]:
             threshold_style="dashed",
             description="Share of consumed records dead-lettered (recording rule). "
                         "DriftgateDeadLetterRate fires above 1% for 10m."),
+        timeseries("Undecodable batches skipped", Target(
+            increase("driftgate_skipped_batches_total", J, "topic, reason"),
+            "batches {{topic}}: {{reason}}"), Target(
+            increase("driftgate_skipped_offsets_total", J, "topic, reason"),
+            "offsets {{topic}}: {{reason}}"), draw="bars", fill=80, decimals=0,
+            description="Record batches that could not be decoded (unsupported_codec, "
+                        "crc_mismatch, decompression_failed, corrupt_batch), and the offsets "
+                        "in them: skipped and dead-lettered, the other partitions go on. "
+                        "DriftgateUndecodableBatches fires on any."),
     ])
     quality = Row("Data quality", [
         timeseries("Invalid events / s by reason", Target(

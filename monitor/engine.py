@@ -214,6 +214,9 @@ class Engine:
         # timestamp, and when (processing time) it last had records
         self.partition_watermarks: dict[int, float] = {}
         self._partition_seen: dict[int, float] = {}
+        # partitions with nothing left to read (consumer position at the high
+        # watermark): they do not hold the watermark back (set by the service)
+        self._caught_up: set[int] = set()
         # the windows' head slice (the watermark's, or further when a partition
         # ran more than windows.max_ahead_seconds ahead)
         self._head: int | None = None
@@ -376,7 +379,8 @@ class Engine:
         start = self.watermark
         here = np.unique(part).tolist()
         others = [wm for p, wm in self.partition_watermarks.items()
-                  if p not in here and self._partition_seen.get(p, -math.inf) >= idle_after]
+                  if p not in here and p not in self._caught_up
+                  and self._partition_seen.get(p, -math.inf) >= idle_after]
         floor_ = min(others, default=math.inf)
         n = ts.size
         combined = np.full(n, floor_)
@@ -394,6 +398,67 @@ class Engine:
         self.watermark = float(combined[-1])
         prev: npt.NDArray[np.float64] = np.r_[start, combined[:-1]]
         return prev
+
+    def set_partitions(self, assigned: set[int] | None, caught_up: set[int]) -> None:
+        """What the source knows of the predictions partitions: those assigned to
+        this instance (None: unknown), and those with nothing more to read now
+        (the consumer is at their high watermark).
+
+        An assigned partition that has not delivered a record yet holds the
+        watermark back (it may hold older events than the others), as a new
+        split does in Flink, until it is caught up or idle; a caught-up one stops
+        holding it until it has records again; a revoked one is forgotten. The
+        watermark moves on if it can.
+        """
+        marks = self.partition_watermarks
+        if assigned is not None:
+            now = self.clock()
+            for p in list(marks):
+                if p not in assigned:
+                    del marks[p]
+                    self._partition_seen.pop(p, None)
+            for p in assigned:
+                if p not in marks:
+                    marks[p] = -math.inf
+                    self._partition_seen[p] = now
+        self._caught_up = set(caught_up)
+        self.release_idle()
+
+    def set_caught_up(self, partitions: set[int]) -> None:
+        """Only the caught-up partitions (see :meth:`set_partitions`)."""
+        self.set_partitions(None, partitions)
+
+    def release_idle(self) -> None:
+        """Move the watermark to the minimum over the partitions still holding it
+        (records waiting, and records within ``idle_partition_seconds``), or to
+        the largest partition watermark when none holds: the held slices of the
+        faster partitions then enter the windows."""
+        marks = self.partition_watermarks
+        if not marks:
+            return
+        idle_after = self.clock() - self.settings.windows.idle_partition_seconds
+        holding = [wm for p, wm in marks.items() if p not in self._caught_up
+                   and self._partition_seen.get(p, -math.inf) >= idle_after]
+        combined = min(holding) if holding else max(marks.values())
+        if not combined > self.watermark:  # also: -inf (a partition with no record yet)
+            return
+        self.watermark = combined
+        w = self.settings.windows
+        head = math.floor(combined / w.slice_seconds)
+        if self._head is not None:
+            head = max(head, self._head)
+        self._head = head
+        self._advance_windows(head)
+        self._expire()
+        self._dirty = True
+
+    def _advance_windows(self, head: int) -> None:
+        n = self.settings.windows.n_slices
+        for st in self.versions.values():
+            for win in (st.numeric, st.categorical, st.score, st.kpi_counts, st.kpi_amounts):
+                win.advance(head)
+            if st.sample is not None:
+                st.sample.expire(head - n + 1)
 
     def _process_predictions(self, cols: PredictionColumns, stats: BatchStats) -> None:
         w = self.settings.windows
@@ -423,7 +488,8 @@ class Engine:
         np.maximum(prev_head, forced[:-1], out=prev_head)
         late = (cols.ts < prev - w.allowed_lateness_seconds) | (
             sids <= prev_head - w.n_slices)
-        head = max(math.floor(self.watermark / w.slice_seconds), int(forced[-1]))
+        head = (max(math.floor(self.watermark / w.slice_seconds), int(forced[-1]))
+                if math.isfinite(self.watermark) else int(forced[-1]))
         self._head = head
         if self._unstamped_orphans:
             self._stamp_orphans()
@@ -468,9 +534,7 @@ class Engine:
                 st.sample.expire(head - w.n_slices + 1)
             res = st.adwin_score.update(cols.score[rows])
             st.adwin_score_detections += int(res.change_positions.size)
-        for st in self.versions.values():
-            for win in (st.numeric, st.categorical, st.score, st.kpi_counts, st.kpi_amounts):
-                win.advance(head)
+        self._advance_windows(head)
         # join buffer
         pending = self._pending
         orphans = self._orphans
@@ -727,6 +791,7 @@ class Engine:
 
     def evaluate(self) -> Evaluation:
         """Evaluate every version now (O(versions x features x bins))."""
+        self.release_idle()
         ref = self.reference
         conf = self.settings.evaluation.confidence
         w = self.settings.windows

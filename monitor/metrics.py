@@ -245,6 +245,25 @@ def codec_metrics(fast_batches: int, msgspec_batches: int) -> Iterator[Metric]:
     yield fam
 
 
+def skipped_batch_metrics(batches: Mapping[tuple[str, str], int],
+                          offsets: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
+    """Undecodable record batches the source skipped, per (topic, reason)
+    (``Service`` exports them; it seeds every known pair with 0)."""
+    fam = CounterMetricFamily(
+        "driftgate_skipped_batches",
+        "Kafka record batches that could not be decoded (unsupported_codec, crc_mismatch, "
+        "decompression_failed, corrupt_batch), skipped and dead-lettered.",
+        labels=["topic", "reason"])
+    n = CounterMetricFamily(
+        "driftgate_skipped_offsets",
+        "Offsets inside the skipped undecodable record batches.", labels=["topic", "reason"])
+    for (topic, reason), count in sorted(batches.items()):
+        fam.add_metric([topic, reason], count)
+        n.add_metric([topic, reason], offsets.get((topic, reason), 0))
+    yield fam
+    yield n
+
+
 def _add_divergences(
     fams: dict[str, GaugeMetricFamily], mv: list[str], baseline: str,
     psi: Mapping[str, float], kl: Mapping[str, float], js: Mapping[str, float],

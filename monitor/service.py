@@ -26,9 +26,15 @@ from detectors import ReferenceProfile
 from monitor.codec import FAST_DECODE_AVAILABLE, DecodedBatch, EventCodec
 from monitor.config import Settings
 from monitor.engine import Engine, Evaluation
-from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus, codec_metrics
+from monitor.metrics import (
+    EngineCollector,
+    ServiceMetrics,
+    SourceStatus,
+    codec_metrics,
+    skipped_batch_metrics,
+)
 from monitor.reports import attach_sample
-from monitor.sources import DeadLetterSink, Source, SourceBatch
+from monitor.sources import SKIP_REASONS, DeadLetterSink, Source, SourceBatch
 from monitor.state import SEQ_KEY, StateStore, StoreRegressedError, StoreUnavailableError
 
 __all__ = ["Service", "TickHandler"]
@@ -94,7 +100,14 @@ class Service:
             raise ValueError("no reference profile given and reference.fit_from_champion_"
                              "events is 0")
         self.tick_handlers: list[TickHandler] = []
-        self.extra_metrics: list[Callable[[], Any]] = [self._codec_metrics]
+        # undecodable Kafka batches skipped, per (topic, reason); zeros up front so
+        # that the first skip is an increase Prometheus can see
+        self.skipped_batches: dict[tuple[str, str], int] = {
+            (t, r): 0 for t in (settings.kafka.predictions_topic, settings.kafka.labels_topic)
+            for r in SKIP_REASONS}
+        self.skipped_offsets: dict[tuple[str, str], int] = dict(self.skipped_batches)
+        self.extra_metrics: list[Callable[[], Any]] = [self._codec_metrics,
+                                                       self._skipped_metrics]
         self.batches = 0
         self.records = 0
         self.started_at = clock()
@@ -113,6 +126,9 @@ class Service:
 
     def _codec_metrics(self) -> Iterator[Metric]:
         return codec_metrics(self.codec.fast_batches, self.codec.msgspec_batches)
+
+    def _skipped_metrics(self) -> Iterator[Metric]:
+        return skipped_batch_metrics(self.skipped_batches, self.skipped_offsets)
 
     def _extra(self) -> Any:
         for fn in self.extra_metrics:
@@ -135,9 +151,20 @@ class Service:
     # ------------------------------------------------------------- processing
     async def handle(self, batch: SourceBatch) -> None:
         """Process one polled batch and commit its offsets."""
-        if not len(batch):
+        if not len(batch) and not batch.skipped:
+            self._note_partitions(batch.next_offsets)
             return
         t0 = time.perf_counter()
+        for sk in batch.skipped:
+            # an undecodable Kafka batch the source stepped over: dead-lettered (with
+            # its offset range) before its offsets are committed with the rest
+            await self.dead_letters.send(sk.dead_letter(), sk.reason, sk.detail)
+            key = (sk.topic, sk.reason)
+            self.skipped_batches[key] = self.skipped_batches.get(key, 0) + 1
+            self.skipped_offsets[key] = self.skipped_offsets.get(key, 0) + sk.offsets
+        # before: the partitions of this batch are not caught up, and assigned
+        # partitions that have not delivered yet hold event time back
+        self._note_partitions({})
         decoded = self.codec.decode(batch.predictions, batch.labels)
         for rec in batch.unknown:
             await self.dead_letters.send(rec, "unknown_topic", f"topic {rec.topic!r} is not "
@@ -164,10 +191,23 @@ class Service:
         else:
             self.engine.process(decoded)
             await self.source.commit(batch.next_offsets)
+        self._note_partitions(batch.next_offsets)
         self.batches += 1
         self.records += len(batch)
         self.metrics.batch_duration.observe(time.perf_counter() - t0)
         self.metrics.batch_events.observe(len(batch))
+
+    def _note_partitions(self, after: dict[tuple[str, int], int]) -> None:
+        """Tell the engine which predictions partitions are assigned and which have
+        nothing more to read (``after`` the offsets given): event time waits for
+        the others. Sources that cannot tell leave it to the idle timeout."""
+        caught_up = getattr(self.source, "caught_up", None)
+        if self.engine is None or caught_up is None:
+            return
+        topic = self.settings.kafka.predictions_topic
+        self.engine.set_partitions(
+            {p for t, p in self.source.status().assigned if t == topic},
+            {p for t, p in caught_up(after) if t == topic})
 
     async def _store_call(self, make: Callable[[], Awaitable[Any]]) -> Any:
         """Run a store operation, retrying with backoff while the store is down.

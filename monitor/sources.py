@@ -5,6 +5,10 @@
   committed by the service only after a batch's effects are stored. A
   rebalance listener commits processed offsets on revoke and asks an optional
   hook for stored offsets on assign.
+  A record batch that cannot be decoded (unsupported or unknown codec, CRC
+  mismatch, corrupt or undecompressable batch) is skipped on its partition and
+  reported in :attr:`SourceBatch.skipped` (see :func:`locate_undecodable`);
+  every other fetch failure is transient and retried.
 * :class:`ReplaySource` — a JSONL or Parquet file of events, for backfills and
   offline evaluation.
 
@@ -17,7 +21,8 @@ import asyncio
 import math
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import types
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,29 +35,67 @@ from monitor.config import KafkaSettings
 from monitor.metrics import SourceStatus
 
 __all__ = [
+    "SKIP_REASONS",
     "DeadLetterSink",
     "KafkaDeadLetterSink",
     "KafkaSource",
     "MemoryDeadLetterSink",
     "ReplaySource",
+    "SkippedBatch",
     "Source",
     "SourceBatch",
+    "Undecodable",
     "kafka_client_options",
+    "locate_undecodable",
 ]
 
 log = structlog.get_logger("driftgate.source")
 
 TopicPartition = tuple[str, int]
 
+#: Why a record batch could not be decoded (the ``reason`` label of
+#: ``driftgate_skipped_batches_total``).
+SKIP_REASONS = ("unsupported_codec", "crc_mismatch", "decompression_failed", "corrupt_batch")
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedBatch:
+    """Offsets ``first_offset..last_offset`` (inclusive) of one partition that
+    were skipped because their record batch could not be decoded."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    reason: str
+    detail: str
+
+    @property
+    def offsets(self) -> int:
+        return self.last_offset - self.first_offset + 1
+
+    def dead_letter(self) -> RawRecord:
+        """What can be recovered, as a dead letter: no value (the bytes did not
+        decode), the offset range in a ``driftgate-offsets`` header; the sink adds
+        reason, detail and ``driftgate-source`` (topic/partition/first offset)."""
+        span = f"{self.first_offset}-{self.last_offset}".encode()
+        return RawRecord(self.topic, self.partition, self.first_offset, None,
+                         headers=(("driftgate-offsets", span),))
+
 
 @dataclass
 class SourceBatch:
-    """Records of one poll, split by kind, and the offsets to commit after them."""
+    """Records of one poll, split by kind, and the offsets to commit after them.
+
+    ``skipped`` lists the undecodable batches stepped over in this poll; their
+    offsets are included in ``next_offsets``.
+    """
 
     predictions: list[Record] = field(default_factory=list)
     labels: list[Record] = field(default_factory=list)
     unknown: list[Record] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    skipped: list[SkippedBatch] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.predictions) + len(self.labels) + len(self.unknown)
@@ -107,6 +150,124 @@ def kafka_client_options(cfg: KafkaSettings) -> dict[str, Any]:
     return opts
 
 
+@dataclass
+class Undecodable:
+    """Where aiokafka failed to decode a fetched record batch, learnt from the
+    exception's traceback (see :func:`locate_undecodable`).
+
+    ``start..end`` (end exclusive) are the offsets to skip on ``tp``; ``exact``
+    is False when the batch's bounds could not be trusted, and ``end`` is then
+    ``start + 1``. ``kept`` holds the records aiokafka had already taken out of
+    its buffers in the failed call (other partitions, and the bad partition's
+    records before the batch): their positions have moved on, so they must be
+    returned, not dropped.
+    """
+
+    tp: Any
+    start: int
+    end: int
+    exact: bool
+    reason: str
+    error: str
+    kept: dict[Any, list[Any]] = field(default_factory=dict)
+    kept_known: bool = True
+
+
+def _decode_reason(exc: BaseException, frames: Sequence[types.FrameType]) -> str:
+    from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
+
+    if isinstance(exc, UnsupportedCodecError):
+        return "unsupported_codec"  # unknown codec id, or its library is missing
+    if isinstance(exc, CorruptRecordException):
+        return "crc_mismatch" if "crc" in str(exc).lower() else "corrupt_batch"
+    if not isinstance(exc, KafkaError) and any(
+            "uncompress" in f.f_code.co_name or "decode" in f.f_code.co_name for f in frames):
+        return "decompression_failed"  # the codec flag does not match the payload
+    return "corrupt_batch"
+
+
+def locate_undecodable(exc: BaseException, highwater: Callable[[Any], int | None]
+                       ) -> Undecodable | None:
+    """Tell a record batch aiokafka cannot decode from any other fetch failure.
+
+    aiokafka decodes fetched batches lazily, while ``getmany`` drains its buffer
+    (``PartitionRecords._unpack_records``, fetcher.py): an unknown codec or a
+    missing codec library (``UnsupportedCodecError``), a CRC mismatch or a
+    malformed batch (``CorruptRecordException``) and a payload that does not
+    decompress (the codec's own exception, e.g. ``gzip.BadGzipFile`` or
+    cramjam's ``DecompressionError``) surface there, for one partition, out of
+    ``getmany``. The exception names neither the partition nor the offsets, and
+    the same batch is fetched and fails again on every retry.
+
+    Choice: read the failing generator's frame in the traceback. Its ``self`` is
+    the partition's ``PartitionRecords`` (``_tp``; ``next_fetch_offset``, the
+    offset after the last record handed out) and its ``next_batch`` the batch
+    being decoded (``base_offset``, ``next_offset``). The batch's end is trusted
+    only when it is past the start and not past the partition's high watermark,
+    and it is capped by the base offset of the batch that follows it in the same
+    fetch response, when that one parses (the length and offset-delta fields
+    are not all covered by the CRC). Otherwise the bounds are unknown and one
+    offset is skipped (the next fetch then starts at the offset after it and
+    meets the batch again, until past it). Seeking to ``position + 1`` blindly
+    instead would cost one fetch per record of the batch every time.
+
+    The same traceback gives what aiokafka had drained in the failed call
+    (``drained`` in ``Fetcher.fetched_records`` and ``ret_list`` in
+    ``FetchResult.getall``): other partitions' positions have already moved
+    past those records, so they are kept and returned, not lost.
+
+    Returns None when the failure is not a decode failure (no such frame): those
+    are transient (broker down, timeouts, rebalances, not-leader) or bugs.
+    """
+    from aiokafka.consumer.fetcher import PartitionRecords
+
+    frames: list[types.FrameType] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    decoder: dict[str, Any] | None = None
+    drained: dict[Any, list[Any]] | None = None
+    ret_list: list[Any] = []
+    for frame in frames:
+        name, local = frame.f_code.co_name, frame.f_locals
+        if name == "fetched_records" and isinstance(local.get("drained"), dict):
+            drained = local["drained"]
+        elif name == "getall" and isinstance(local.get("ret_list"), list):
+            ret_list = local["ret_list"]
+        elif name == "_unpack_records" and isinstance(local.get("self"), PartitionRecords):
+            decoder = dict(local)
+    if decoder is None:
+        return None
+    records = decoder["self"]
+    tp = records._tp
+    start = int(records.next_fetch_offset)
+    batch = decoder.get("next_batch")
+    bounds: list[int] = []
+    try:
+        if batch is not None and int(batch.next_offset) > start:
+            # the batch being decoded (not the last good one: its end is ``start``)
+            start = max(start, int(batch.base_offset))
+            bounds.append(int(batch.next_offset))
+            following = decoder.get("records")
+            if following is not None and following.has_next():
+                after = following.next_batch()
+                if after is not None and int(after.base_offset) > start:
+                    bounds.append(int(after.base_offset))
+    except Exception:  # noqa: S110 - a garbled header: the bounds stay unknown
+        pass
+    hw = highwater(tp)
+    bounds = [b for b in bounds if b > start and (hw is None or b <= hw)]
+    exact = bool(bounds)
+    kept = {t: list(msgs) for t, msgs in (drained or {}).items() if msgs}
+    if ret_list:
+        kept[tp] = list(ret_list)
+    return Undecodable(tp=tp, start=start, end=min(bounds) if exact else start + 1,
+                       exact=exact, reason=_decode_reason(exc, frames),
+                       error=f"{type(exc).__name__}: {exc}", kept=kept,
+                       kept_known=drained is not None)
+
+
 OnAssign = Callable[[Sequence[TopicPartition]], Awaitable[dict[TopicPartition, int] | None]]
 OnRevoke = Callable[[Sequence[TopicPartition]], Awaitable[None]]
 
@@ -137,6 +298,7 @@ class KafkaSource:
         self._connected = False
         self._last_commit = -math.inf
         self._copartition_checked = False
+        self._single_skips: dict[TopicPartition, int] = {}
         self.rebalances = 0
 
     @property
@@ -255,6 +417,9 @@ class KafkaSource:
                 self._connected = False
 
     async def poll(self, timeout_s: float) -> SourceBatch:
+        """One ``getmany``. A fetch failure is either an undecodable batch (skipped
+        on its partition, reported in ``skipped``, the rest of the fetch kept) or
+        transient (logged, retried at the next poll)."""
         from aiokafka.errors import KafkaError
 
         batch = SourceBatch()
@@ -265,12 +430,20 @@ class KafkaSource:
             step = "fetch"
             data = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000))
             self._connected = True
-        except KafkaError as exc:
-            self._connected = False
-            # the processed offsets stay pending: the next poll commits them first
-            log.warning(f"{step} failed; retrying", error=str(exc))
-            await asyncio.sleep(min(timeout_s, 1.0))
-            return batch
+        except Exception as exc:
+            bad = locate_undecodable(exc, self._highwater) if step == "fetch" else None
+            if bad is None:
+                if not isinstance(exc, KafkaError):
+                    raise
+                self._connected = False
+                # the processed offsets stay pending: the next poll commits them first
+                log.warning(f"{step} failed; retrying", error=str(exc))
+                await asyncio.sleep(min(timeout_s, 1.0))
+                return batch
+            self._connected = True
+            assigned = self._consumer.assignment()
+            data = {tp: msgs for tp, msgs in bad.kept.items() if tp in assigned}
+            self._skip(bad, batch)
         pred_topic, label_topic = self.cfg.predictions_topic, self.cfg.labels_topic
         for tp, msgs in data.items():
             if not msgs:
@@ -279,8 +452,45 @@ class KafkaSource:
                       batch.labels if tp.topic == label_topic else batch.unknown)
             # aiokafka's ConsumerRecord fits codec.Record: no copy per record
             target.extend(msgs)
-            batch.next_offsets[(tp.topic, tp.partition)] = msgs[-1].offset + 1
+            key = (tp.topic, tp.partition)
+            batch.next_offsets[key] = max(msgs[-1].offset + 1, batch.next_offsets.get(key, 0))
         return batch
+
+    def _highwater(self, tp: Any) -> int | None:
+        try:
+            hw = self._consumer.highwater(tp)
+        except (AssertionError, KeyError):  # not assigned (any more)
+            return None
+        return None if hw is None else int(hw)
+
+    def _skip(self, bad: Undecodable, batch: SourceBatch) -> None:
+        """Seek past an undecodable batch and report it (logged once per batch;
+        when its bounds are unknown, once per run of single skipped offsets)."""
+        consumer, tp = self._consumer, bad.tp
+        key = (tp.topic, tp.partition)
+        if tp not in consumer.assignment():
+            return  # revoked meanwhile: its new owner meets the batch
+        consumer.seek(tp, bad.end)
+        last = bad.end - 1
+        detail = (f"{bad.error}; offsets {bad.start}-{last} of {tp.topic}/{tp.partition} "
+                  "skipped")
+        if not bad.exact:
+            detail += " (batch bounds unknown: skipping one offset at a time)"
+        skipped = SkippedBatch(tp.topic, tp.partition, bad.start, last, bad.reason, detail)
+        batch.skipped.append(skipped)
+        batch.next_offsets[key] = max(bad.end, batch.next_offsets.get(key, 0))
+        continued = not bad.exact and self._single_skips.get(key) == bad.start
+        self._single_skips.pop(key, None)
+        if not bad.exact:
+            self._single_skips[key] = bad.end
+        if not continued:
+            log.error("undecodable record batch skipped", topic=tp.topic,
+                      partition=tp.partition, first_offset=bad.start, last_offset=last,
+                      reason=bad.reason, error=bad.error, bounds_known=bad.exact)
+        if not bad.kept_known:
+            log.warning("records fetched with the undecodable batch could not be "
+                        "recovered from aiokafka; other partitions may miss some",
+                        aiokafka_frames="Fetcher.fetched_records not found")
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Record offsets as processed; commit them to the group when
@@ -309,6 +519,24 @@ class KafkaSource:
         await self._consumer.commit(todo)
         for tp, om in todo.items():
             self._committed[(tp.topic, tp.partition)] = om.offset
+
+    def caught_up(self, after: Mapping[TopicPartition, int]) -> set[TopicPartition]:
+        """Assigned partitions with nothing more to read now: the next offset
+        (``after`` a batch in hand, else the last processed or committed one) is
+        at the high watermark of the latest fetch. Event time does not wait for
+        them (monitor.engine)."""
+        out: set[TopicPartition] = set()
+        consumer = self._consumer
+        if consumer is None:
+            return out
+        from aiokafka import TopicPartition as KafkaTP
+
+        for t, p in self._assigned:
+            hw = consumer.highwater(KafkaTP(t, p))
+            pos = after.get((t, p), self._processed.get((t, p), self._committed.get((t, p))))
+            if hw is not None and pos is not None and pos >= hw:
+                out.add((t, p))
+        return out
 
     def status(self) -> SourceStatus:
         lag: dict[TopicPartition, int] = {}

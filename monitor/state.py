@@ -274,6 +274,17 @@ elseif redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return 0
 """
+# the store's clock for join-field names: Redis TIME in ms, but always later
+# than every earlier answer (two loads in the same millisecond, or a clock
+# stepped back, still get increasing values), atomically
+_CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if now <= last then now = last + 1 end
+redis.call('SET', KEYS[1], now)
+return now
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -288,8 +299,10 @@ class RedisStore:
     ``{p}c:{instance}`` (hash: counter -> value), ``{p}offsets`` (hash:
     ``topic/partition`` -> next offset), ``{p}j:{topic}:{partition}`` (hash:
     the label-join buffer of one partition as blobs of changes and snapshots,
-    see :meth:`monitor.engine.Engine.delta`; the key's TTL is refreshed on
-    every write and lets an abandoned partition's buffer go), ``{p}lease``.
+    and the ids seen there within the dedupe horizon, see
+    :meth:`monitor.engine.Engine.delta`; the key's TTL is refreshed on every
+    write and lets an abandoned partition's buffer go), ``{p}lease``,
+    ``{p}clock`` (the last value :meth:`load_join` handed out).
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "driftgate:",
@@ -325,6 +338,7 @@ class RedisStore:
                 kwargs["ssl_ca_certs"] = self._ssl_ca_file
             self._client = aioredis.from_url(self.url, **kwargs)
         self._renew = self._client.register_script(_RENEW)
+        self._clock = self._client.register_script(_CLOCK)
         self._release = self._client.register_script(_RELEASE)
 
     async def stop(self) -> None:
@@ -463,19 +477,20 @@ class RedisStore:
     async def load_join(self, partitions: Sequence[TP]
                         ) -> tuple[dict[TP, dict[str, bytes]], int]:
         """The stored join blobs of ``partitions`` (one pipelined round trip),
-        and the Redis clock in ms (orders this instance's next writes after
-        every stored field)."""
+        and the store's clock (one more) in ms: Redis ``TIME``, raised atomically above
+        every earlier answer (``{p}clock``), so it is later than every earlier
+        answer, to any instance (orders this instance's next writes after every
+        stored field)."""
+        clock = await self._run(self._clock(keys=[self._k("clock")]))
         pipe = self._client.pipeline(transaction=False)
-        pipe.time()
         for t, p in partitions:
             pipe.hgetall(self._k("j", t, str(p)))
         raw = await self._run(pipe.execute())
         self.commands += 1 + len(partitions)
-        self.round_trips += 1
-        secs, micros = raw[0]
+        self.round_trips += 2
         out = {tp: {_s(k): bytes(v) for k, v in fields.items()}
-               for tp, fields in zip(partitions, raw[1:], strict=True)}
-        return out, int(secs) * 1000 + int(micros) // 1000
+               for tp, fields in zip(partitions, raw, strict=True)}
+        return out, int(clock)
 
     async def acquire_lease(self, holder: str, ttl_ms: int) -> bool:
         got = await self._run(self._renew(keys=[self._k("lease")], args=[holder, ttl_ms]))

@@ -301,6 +301,7 @@ REQUIRED_ALERTS = {
                          "driftgate_canary_kpi_p_value", 'kpi="catch_rate"', "< 0.01"),
     "DriftgateConsumerLagHigh": ("driftgate_consumer_lag",),
     "DriftgateDeadLetterRate": ("driftgate_dead_letter",),
+    "DriftgateUndecodableBatches": ("driftgate_skipped_batches_total", "increase("),
     "DriftgateWebhookDeliveryFailures": ("driftgate_webhook_deliveries_total",),
     "DriftgateDown": ('up{job="driftgate"} == 0',),
     "DriftgateNotReady": ("driftgate_ready == 0",),

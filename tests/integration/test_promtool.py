@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from monitor.codec import EventCodec, RawRecord
 from monitor.config import load_settings
 from monitor.engine import Engine
-from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus
+from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus, skipped_batch_metrics
 from monitor.traffic import TrafficGenerator
 from tests.support import MODEL, encode, fit_reference, parse_metrics, sample, write_config
 
@@ -64,7 +64,10 @@ def test_exposition_passes_promtool(tmp_path: Path) -> None:
     status = SourceStatus(assigned={("predictions", 0), ("labels", 0)},
                           lag={("predictions", 0): 12, ("labels", 0): 0}, connected=True,
                           dead_lettered=2)
-    metrics.register(EngineCollector(engine, status=lambda: status, ready=lambda: True))
+    skipped = {("predictions", "crc_mismatch"): 1, ("labels", "unsupported_codec"): 0}
+    metrics.register(EngineCollector(engine, status=lambda: status, ready=lambda: True,
+                                     extra=lambda: skipped_batch_metrics(
+                                         skipped, {("predictions", "crc_mismatch"): 4})))
     text = generate_latest(registry)
 
     # the exposition is the real thing: every family is there with real values
@@ -80,6 +83,8 @@ def test_exposition_passes_promtool(tmp_path: Path) -> None:
                   reason="not_json") == 1
     assert sample(m, "driftgate_invalid_events_total", kind="label", reason="bad_label") == 1
     assert sample(m, "driftgate_duplicate_events_total", kind="prediction") == 1
+    assert sample(m, "driftgate_skipped_offsets_total", topic="predictions",
+                  reason="crc_mismatch") == 4
 
     result = _check(text)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -100,16 +101,25 @@ async def test_global_read_sums_instances(store: tuple[StateStore, Any]) -> None
     s, _ = store
     k = (MODEL, "v2", "score", 3)
     wm = f"{SEP}{SEP}watermark"
+    active = f"{SEP}{SEP}active_until"
     n = f"{MODEL}{SEP}v2{SEP}predictions_total"
+    now = time.time()
     await s.commit(Commit("a", slices={k: np.array([1, 2], dtype=np.int64)},
-                          counters={n: 3.0, wm: 100.0}))
+                          counters={n: 3.0, wm: 100.0, active: now + 600}))
     await s.commit(Commit("b", slices={k: np.array([10, 20], dtype=np.int64)},
-                          counters={n: 30.0, wm: 90.0}))
+                          counters={n: 30.0, wm: 90.0, active: now + 600}))
     slices, counters = await s.read_global()
     total = sum(np.frombuffer(b, dtype=np.int64) for b in slices[k])
     assert total.tolist() == [11, 22]
     assert counters[n] == 33.0
-    assert counters[wm] == 100.0
+    # event time: the slowest active instance's watermark holds the windows
+    assert counters[wm] == 90.0
+    # an instance idle past its active_until stops holding the others back
+    await s.commit(Commit("b", counters={active: now - 1}))
+    assert (await s.read_global())[1][wm] == 100.0
+    # with none active, the largest watermark stands
+    await s.commit(Commit("a", counters={active: now - 1}))
+    assert (await s.read_global())[1][wm] == 100.0
 
 
 async def test_join_blobs_are_written_dropped_and_loaded_per_partition(
@@ -226,21 +236,35 @@ async def test_join_snapshots_keep_the_stored_log_bounded(
     first = Engine(settings, ref)
     first.track_join_changes()
     first.load_join_state(*await s.load_join(tps))
-    fields_seen = []
+    fields_seen: list[int] = []
+    id_fields_seen: list[int] = []
     for i in range(40):
         first.process(codec.decode(preds[i * 100:(i + 1) * 100], labels[i * 80:(i + 1) * 80]))
         await s.commit(first.delta("inst"))
         blobs, _ = await s.load_join(tps)
-        fields_seen.append(sum(len(f) for f in blobs.values()))
+        fields_seen.append(sum(1 for f in blobs.values() for name in f
+                               if not name.startswith("i.")))
+        id_fields_seen.append(sum(1 for f in blobs.values() for name in f
+                                  if name.startswith("i.")))
         check = Engine(settings, ref)
         check.load_join_state(blobs, 0)
-        # after every commit the store holds exactly the local buffers
+        # after every commit the store holds exactly the local buffers, and the
+        # ids seen within the dedupe horizon
         assert _entries(check._pending) == _entries(first._pending)
         assert _entries(check._orphans) == _entries(first._orphans)
+        for kind in ("seen_predictions", "seen_labels"):
+            mine, theirs = getattr(first, kind), getattr(check, kind)
+            assert len(theirs) == len(mine)
+            if len(mine):
+                assert theirs.contains(np.sort(np.concatenate(mine._h))).all()
     assert first.evictions["ttl"] > 0  # entries also left by event-time expiry
     snapshots = sum(1 for f in blobs.values() for name in f if name.endswith(".s"))
     assert snapshots >= 1
     assert max(fields_seen) < 40  # replaced by snapshots, not one blob per batch forever
+    # ids of expired buckets are dropped: a few buckets per partition, not one
+    # field per batch forever
+    assert max(id_fields_seen) < 40
+    assert id_fields_seen[-1] < max(id_fields_seen)  # expired buckets were dropped
 
 
 async def test_commit_sequence_detects_a_store_that_lost_commits(
