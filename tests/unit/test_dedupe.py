@@ -24,7 +24,8 @@ def test_hash_is_stable_and_takes_any_string() -> None:
     # XXH3-64 of the UTF-8 bytes: the same in every process (stored in Redis)
     assert hex(int(hash_ids(["abc"])[0])) == "0x78af5f94892f3950"
     h = hash_ids(["a", "\ud800", "é", "a" * 256, ""])
-    assert h.dtype == np.uint64 and len(set(h.tolist())) == 5
+    assert h.dtype == np.uint64
+    assert len(set(h.tolist())) == 5
     assert hash_ids([]).size == 0
 
 
@@ -62,7 +63,8 @@ def test_ids_expire_with_event_time() -> None:
     seen.expire(1000.0 + H + seen.bucket_seconds * 0.5)  # not a whole horizon past
     assert add(seen, ["old"], 1000.0 + H) == [True]
     gone = seen.expire(1000.0 + 2 * H)  # "old"'s bucket ended a horizon ago
-    assert gone and min(gone) <= 1000.0 / seen.bucket_seconds
+    assert gone
+    assert min(gone) <= 1000.0 / seen.bucket_seconds
     assert add(seen, ["old"], 1000.0 + 2 * H) == [False]
     assert add(seen, ["recent"], 1000.0 + 2 * H) == [True]
     # an id older than the horizon on arrival is still remembered for a while
@@ -74,7 +76,8 @@ def test_the_cap_forgets_the_oldest_first() -> None:
     seen = SeenIds(H, bucket_seconds=10.0, max_ids=1000)
     for k in range(5):
         add(seen, [f"b{k}-{i}" for i in range(300)], 1000.0 + 10.0 * k)
-    assert len(seen) <= 1000 and seen.evicted == 1500 - len(seen)
+    assert len(seen) <= 1000
+    assert seen.evicted == 1500 - len(seen)
     assert add(seen, ["b4-0"], 1100.0) == [True]
     assert add(seen, ["b0-0"], 1100.0) == [False]
 
@@ -84,13 +87,15 @@ def test_partitions_are_handed_over() -> None:
     a.logging = True
     add(a, ["p0-a", "p0-b", "p1-a"], 1000.0, [0, 0, 1])
     blobs = {p: encode_ids(*hb) for p, hb in a.drain().items()}
-    assert sorted(blobs) == [0, 1] and a.drain() == {}
+    assert sorted(blobs) == [0, 1]
+    assert a.drain() == {}
     b.load(0, *decode_ids(blobs[0]))
     assert add(b, ["p0-a", "p0-b", "p1-a"], 1000.0, [0, 0, 1]) == [True, True, False]
     a.drop([0])
     assert add(a, ["p0-a", "p1-a"], 1000.0, [0, 1]) == [False, True]
     hashes, buckets = a.partition_ids(1)
-    assert hashes.tolist() == hash_ids(["p1-a"]).tolist() and buckets.size == 1
+    assert hashes.tolist() == hash_ids(["p1-a"]).tolist()
+    assert buckets.size == 1
 
 
 def test_bad_input_is_refused_with_the_value() -> None:

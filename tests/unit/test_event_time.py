@@ -156,7 +156,8 @@ def test_copies_after_the_join_count_nothing(tmp_path: Path, ref: ReferenceProfi
     assert state(f.engine) == before
     assert f.engine.duplicates == {"prediction": 3, "label": 3}
     st_ = f.engine.versions[(MODEL, "v1")]
-    assert st_.predictions_total == 2 and st_.labels_joined_total == 2
+    assert st_.predictions_total == 2
+    assert st_.labels_joined_total == 2
 
 
 def test_dedupe_off_counts_copies_again(tmp_path: Path, ref: ReferenceProfile) -> None:
@@ -290,8 +291,10 @@ def test_slices_ahead_are_held_then_enter_the_window(tmp_path: Path,
     assert eng.watermark == START
     assert s.window_events == 1  # the fast partition's event waits outside the window
     f.engine.set_caught_up({0, 1})
-    assert eng.watermark == START + 500 and s.window_events == 1  # "slow" expired
-    assert s.late_total == 0 and s.predictions_total == 2
+    assert eng.watermark == START + 500
+    assert s.window_events == 1
+    assert s.late_total == 0
+    assert s.predictions_total == 2
 
 
 def test_too_far_ahead_moves_the_window_and_counts_late(tmp_path: Path,
@@ -303,7 +306,8 @@ def test_too_far_ahead_moves_the_window_and_counts_late(tmp_path: Path,
     # slow one's event is late (counted, never silently lost)
     assert stats.late == 1
     s = f.engine.versions[(MODEL, "v1")]
-    assert s.late_total == 1 and s.predictions_total == 3
+    assert s.late_total == 1
+    assert s.predictions_total == 3
 
 
 # ---------------------------------------------------------------------------
@@ -333,7 +337,8 @@ def test_future_events_are_refused_and_never_move_time(tmp_path: Path,
     engine.process(batch)
     s = engine.versions[(MODEL, "v1")]
     assert engine.watermark == pytest.approx(now + 100)
-    assert s.late_total == 0 and s.window_events == 1001
+    assert s.late_total == 0
+    assert s.window_events == 1001
 
 
 def test_replays_keep_their_own_time(tmp_path: Path) -> None:
