@@ -17,6 +17,11 @@ one after another in the same process, each with a fresh consumer group:
     generation about once per batch, as ``driftgate run`` does);
 (2b) once, the same with ``codec.fast_decode: false``: every batch decoded by
     msgspec, without the compiled yyjson fast path (what the fast path is worth);
+(2c) once, the same with ``dedupe.enabled: false`` (what counting each event id
+    once costs; (2) runs with it on, the default);
+(4) the same events produced again, lz4-compressed (as librdkafka producers
+    often send them), into a second pair of topics: (1) and (2) on them, twice
+    each, the best reported (the raw ceiling and driftgate, both on lz4);
 (3) a plain faust-streaming agent (``stream.take(5000, within=...)``) that only
     counts events, started in the current loop (no worker, no web server).
 
@@ -105,6 +110,7 @@ TARGET_VS_RAW = 0.5
 TARGET_VS_FAUST = 8.0
 PROFILE_TOP = 15
 REPEATS = 3  # runs of (1) and (2), each with a fresh group; the best one is reported
+LZ4_REPEATS = 2  # runs of (1) and (2) on the lz4-compressed topics
 PROJECT_ROOT = str(Path(__file__).resolve().parents[1])
 
 
@@ -326,13 +332,14 @@ def _rate(events: int, span_s: float) -> float:
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes],
-                  partitions: list[int]) -> int:
+                  partitions: list[int], compression: str | None = None) -> int:
     """Produce with explicit partitions and wait for every ack; returns acked records."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, enable_idempotence=False,
                                 linger_ms=20, max_batch_size=512 * 1024,
-                                max_request_size=8 * 1024 * 1024)
+                                max_request_size=8 * 1024 * 1024,
+                                compression_type=compression)
     await asyncio.wait_for(producer.start(), timeout=30)
     acked = 0
     try:
@@ -472,9 +479,11 @@ class TimedService(Service):
 
 
 def service_settings(bootstrap: str, topics: dict[str, str], group: str,
-                     reference_path: Path, fast_decode: bool = True) -> Settings:
+                     reference_path: Path, fast_decode: bool = True,
+                     dedupe: bool = True) -> Settings:
     """Settings of (2): 20 numeric features, v1 champion / v2 canary, 10 s / 600 s windows
-    (``fast_decode=False``: the codec without its compiled fast path, for (2b))."""
+    (``fast_decode=False``: the codec without its compiled fast path, for (2b);
+    ``dedupe=False``: no memory of ids seen, for (2c))."""
     return load_settings(
         None,
         kafka={"bootstrap_servers": bootstrap, "group_id": group, "client_id": group,
@@ -487,6 +496,7 @@ def service_settings(bootstrap: str, topics: dict[str, str], group: str,
         evaluation={"tick_seconds": TICK_SECONDS},
         log={"format": "json", "level": "warning"},
         codec={"fast_decode": fast_decode},
+        dedupe={"enabled": dedupe},
     )
 
 
@@ -520,12 +530,12 @@ async def run_service(settings: Settings, reference: ReferenceProfile,
 
 
 async def bench_service(bootstrap: str, topics: dict[str, str], reference: ReferenceProfile,
-                        reference_path: Path, n: int, fast_decode: bool = True
-                        ) -> dict[str, Any]:
+                        reference_path: Path, n: int, fast_decode: bool = True,
+                        dedupe: bool = True) -> dict[str, Any]:
     """(2): the full driftgate path until ``predictions_total`` reaches ``n``."""
     phase = Phase()
     settings = service_settings(bootstrap, topics, _group("service"), reference_path,
-                                fast_decode)
+                                fast_decode, dedupe)
     gc_threshold = gc.get_threshold()
     try:
         with GcTimer() as gc_timer:
@@ -574,6 +584,14 @@ async def bench_service(bootstrap: str, topics: dict[str, str], reference: Refer
         "codec_fast_path": {"enabled": fast_decode, "available": FAST_DECODE_AVAILABLE,
                             "batches": service.codec.fast_batches,
                             "left_to_msgspec": service.codec.fast_fallbacks},
+        "dedupe": {"enabled": dedupe,
+                   "duplicates": dict(engine.duplicates),
+                   "ids_in_memory": (len(engine.seen_predictions) + len(engine.seen_labels)
+                                     if engine.seen_predictions is not None
+                                     and engine.seen_labels is not None else 0),
+                   "bytes_per_id": ((engine.seen_predictions.nbytes
+                                     / max(len(engine.seen_predictions), 1))
+                                    if engine.seen_predictions is not None else None)},
         "ticks": len(service.tick_s),
         "tick_ms_p50": _pct([t * 1e3 for t in service.tick_s], 50),
         "tick_ms_max": max(service.tick_s) * 1e3 if service.tick_s else math.nan,
@@ -809,6 +827,35 @@ async def _run(quick: bool) -> dict[str, Any]:
             svc_msgspec = await bench_service(bootstrap, topics, reference, ref_path, n,
                                               fast_decode=False)
             _log(f"(2b) {svc_msgspec['events_per_s']:,.0f} events/s")
+            _log("(2c) the same with dedupe.enabled: false")
+            svc_nodedupe = await bench_service(bootstrap, topics, reference, ref_path, n,
+                                               dedupe=False)
+            _log(f"(2c) {svc_nodedupe['events_per_s']:,.0f} events/s")
+
+            lz4_topics = {"predictions_topic": f"bench-preds-lz4-{suffix}",
+                          "labels_topic": f"bench-labels-lz4-{suffix}",
+                          "dead_letter_topic": topics["dead_letter_topic"]}
+            await broker.create_topics({lz4_topics["predictions_topic"]: PARTITIONS,
+                                        lz4_topics["labels_topic"]: PARTITIONS})
+            t = time.perf_counter()
+            lz4_acked = await produce(bootstrap, lz4_topics["predictions_topic"], work.values,
+                                      work.keys, work.partitions, compression="lz4")
+            lz4_acked += await produce(bootstrap, lz4_topics["labels_topic"],
+                                       work.label_values, work.label_keys,
+                                       work.label_partitions, compression="lz4")
+            _log(f"(4) produced {lz4_acked:,} records lz4-compressed in "
+                 f"{time.perf_counter() - t:.1f} s")
+            lz4_raw_runs: list[dict[str, Any]] = []
+            lz4_svc_runs: list[dict[str, Any]] = []
+            for rep in range(LZ4_REPEATS):
+                lz4_raw_runs.append(await bench_raw(bootstrap, lz4_topics["predictions_topic"],
+                                                    n))
+                lz4_svc_runs.append(await bench_service(bootstrap, lz4_topics, reference,
+                                                        ref_path, n))
+                _log(f"(4) lz4 run {rep + 1}/{LZ4_REPEATS}: raw "
+                     f"{lz4_raw_runs[-1]['events_per_s']:,.0f}, driftgate "
+                     f"{lz4_svc_runs[-1]['events_per_s']:,.0f} events/s")
+            lz4_raw, lz4_svc = _best(lz4_raw_runs), _best(lz4_svc_runs)
 
             _log("(3) faust-streaming agent")
             fst = await bench_faust(bootstrap, topics["predictions_topic"], n)
@@ -849,6 +896,12 @@ async def _run(quick: bool) -> dict[str, Any]:
         "driftgate_service": svc,
         "driftgate_service_msgspec_only": svc_msgspec,
         "ratio_fast_path_over_msgspec_only": svc["events_per_s"] / svc_msgspec["events_per_s"],
+        "driftgate_service_dedupe_off": svc_nodedupe,
+        "ratio_dedupe_on_over_off": svc["events_per_s"] / svc_nodedupe["events_per_s"],
+        "lz4": {"raw_aiokafka": lz4_raw, "driftgate_service": lz4_svc,
+                "raw_events_per_s": lz4_raw["events_per_s"],
+                "driftgate_events_per_s": lz4_svc["events_per_s"],
+                "ratio_service_over_raw": lz4_svc["events_per_s"] / lz4_raw["events_per_s"]},
         "faust_agent": fst,
         "ratio_service_over_raw": ratio_raw,
         "ratio_service_over_faust": ratio_faust,
@@ -888,6 +941,10 @@ async def _run(quick: bool) -> dict[str, Any]:
             "driftgate_service.codec_fast_path counts the batches the fast path took",
             "gc_during_run": "wall time inside CPython's cyclic GC during the (2) run "
             "(gc.callbacks), by generation",
+            "driftgate_service_dedupe_off": "(2c): one run of (2) with dedupe.enabled false "
+            "(no memory of ids seen); (2) itself runs with dedupe on, the default",
+            "lz4": f"(4): the same events and labels produced lz4-compressed into their own "
+            f"topics; (1) and (2) on them, {LZ4_REPEATS} runs each, the best reported",
         },
         "loadavg_1m_start_end": [load_start[0], os.getloadavg()[0]],
         "python": platform.python_version(),

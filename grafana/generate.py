@@ -354,7 +354,17 @@ def overview() -> dict[str, Any]:
         timeseries("Event-time watermark delay", Target(
             f"time() - max by (instance) (driftgate_watermark_timestamp_seconds{{{J}}})",
             "{{instance}}"), unit="s",
-            description="Wall clock minus the largest event timestamp seen."),
+            description="Wall clock minus the event-time watermark: the minimum over the "
+                        "predictions partitions still holding it (largest event timestamp "
+                        "of each)."),
+        timeseries("Event-time watermark delay by partition", Target(
+            f"time() - max by (partition) "
+            f"(driftgate_partition_watermark_timestamp_seconds{{{J}}})",
+            "partition {{partition}}"), unit="s", w=24,
+            description="Wall clock minus the largest event timestamp of each predictions "
+                        "partition. The slowest active partition holds the watermark; one "
+                        "with no records for windows.idle_partition_seconds stops holding "
+                        "it."),
     ])
     kafka = Row("Kafka", [
         timeseries("Consumer lag by partition", Target(
@@ -395,8 +405,31 @@ def overview() -> dict[str, Any]:
             "late labels {{model}} {{version}}"), unit="ops",
             description="Predictions older than the allowed lateness, and labels whose "
                         "prediction left the KPI window: counted, kept out of windows."),
+        timeseries("Future timestamps refused / s", Target(
+            rate("driftgate_invalid_events_total", f'{J}, reason="future_timestamp"', "kind"),
+            "{{kind}}"), unit="ops", draw="bars", fill=80,
+            description="Events stamped more than windows.max_future_skew_seconds ahead of "
+                        "the wall clock (a producer's clock is wrong): refused and "
+                        "dead-lettered, they never move event time. "
+                        "DriftgateFutureTimestamps fires on any."),
         timeseries("Duplicate events / s", Target(
-            rate("driftgate_duplicate_events_total", J, "kind"), "{{kind}}"), unit="ops"),
+            rate("driftgate_duplicate_events_total", J, "kind"), "{{kind}}"), unit="ops",
+            description="Events whose id was already seen within the dedupe horizon: "
+                        "counted once, nothing else."),
+        timeseries("Dedupe memory", Target(
+            f"sum by (kind) (driftgate_dedupe_ids{{{J}}})", "ids {{kind}}"), Target(
+            f"sum by (kind) (driftgate_dedupe_memory_bytes{{{J}}})", "bytes {{kind}}"),
+            overrides=[{"matcher": {"id": "byRegexp", "options": "^bytes .*"},
+                        "properties": [{"id": "unit", "value": "bytes"},
+                                       {"id": "custom.axisPlacement", "value": "right"}]}],
+            description="Event ids remembered for dedupe (left axis) and the bytes they "
+                        "hold (right axis, about 16 B per id); capped by dedupe.max_ids."),
+        timeseries("Dedupe evictions", Target(
+            increase("driftgate_dedupe_evictions_total", J, "kind"), "{{kind}}"),
+            draw="bars", fill=80, decimals=0,
+            description="Ids forgotten before the dedupe horizon because the memory cap "
+                        "(dedupe.max_ids) was hit: older copies may be counted twice. "
+                        "DriftgateDedupeMemoryFull fires on any."),
         timeseries("Label join buffer", Target(
             f"sum by (kind) (driftgate_join_pending{{{J}}})", "pending {{kind}}s"),
             description="Events waiting in the label join buffer."),

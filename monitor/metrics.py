@@ -132,11 +132,28 @@ class EngineCollector(Collector):
             invalid.add_metric([kind, reason], n)
         yield invalid
         dup = CounterMetricFamily("driftgate_duplicate_events",
-                                  "Events whose id was already waiting in the join buffer.",
-                                  labels=["kind"])
+                                  "Events whose id was already seen within the dedupe horizon "
+                                  "(counted once, nothing else).", labels=["kind"])
         for kind in ("prediction", "label"):
             dup.add_metric([kind], eng.duplicates[kind])
         yield dup
+        seen = [(kind, s) for kind, s in (("prediction", eng.seen_predictions),
+                                          ("label", eng.seen_labels)) if s is not None]
+        if seen:  # dedupe on
+            ids = GaugeMetricFamily("driftgate_dedupe_ids",
+                                    "Event ids in the dedupe memory.", labels=["kind"])
+            mem = GaugeMetricFamily("driftgate_dedupe_memory_bytes",
+                                    "Bytes held by the dedupe memory of event ids.",
+                                    labels=["kind"])
+            forgot = CounterMetricFamily("driftgate_dedupe_evictions",
+                                         "Event ids forgotten before the dedupe horizon "
+                                         "because the memory cap (dedupe.max_ids) was hit.",
+                                         labels=["kind"])
+            for kind, s in seen:
+                ids.add_metric([kind], len(s))
+                mem.add_metric([kind], s.nbytes)
+                forgot.add_metric([kind], s.evicted)
+            yield from (ids, mem, forgot)
         pending = GaugeMetricFamily("driftgate_join_pending",
                                     "Events waiting in the label join buffer.", labels=["kind"])
         pending.add_metric(["prediction"], eng.pending_predictions)
@@ -155,10 +172,18 @@ class EngineCollector(Collector):
             unmatched.add_metric([reason], eng.unmatched_labels[reason])
         yield unmatched
         wm = GaugeMetricFamily("driftgate_watermark_timestamp_seconds",
-                               "Largest event timestamp seen (event-time watermark).")
+                               "Event-time watermark: the minimum over the predictions "
+                               "partitions still holding it (largest event timestamp of each).")
         if math.isfinite(eng.watermark):
             wm.add_metric([], eng.watermark)
         yield wm
+        pwm = GaugeMetricFamily("driftgate_partition_watermark_timestamp_seconds",
+                                "Largest event timestamp of each predictions partition.",
+                                labels=["partition"])
+        for part, t in sorted(eng.partition_watermarks.items()):
+            if math.isfinite(t):
+                pwm.add_metric([str(part)], t)
+        yield pwm
 
         div_labels = [*mv, "feature", "baseline"]
         fams = {

@@ -411,6 +411,14 @@ class Service:
         gc.set_threshold(max(gen0, 50_000), gen1, gen2)
         log.info("codec", fast_path="on" if self.codec.fast_path else "off",
                  fast_path_built=FAST_DECODE_AVAILABLE)
+        if self.store is None:
+            log.warning(
+                "state not durable", backend=self.settings.state.backend,
+                restart_loses=["window slices and counters", "pending label joins",
+                               "ids seen (copies of earlier events count again)",
+                               "ADWIN state"],
+                keeps="committed Kafka offsets (nothing is read twice)",
+                avoid="state.backend: redis")
         if self.store is not None:
             await self.store.start()
             if self.engine is not None:

@@ -85,6 +85,12 @@ def test_exposition_passes_promtool(tmp_path: Path) -> None:
     assert sample(m, "driftgate_duplicate_events_total", kind="prediction") == 1
     assert sample(m, "driftgate_skipped_offsets_total", topic="predictions",
                   reason="crc_mismatch") == 4
+    # the horizon is the join TTL (60 s): the oldest of the 80 s of ids have expired
+    assert 0 < (sample(m, "driftgate_dedupe_ids", kind="prediction") or 0) < len(batch.predictions)
+    assert sample(m, "driftgate_dedupe_memory_bytes", kind="label") is not None
+    assert sample(m, "driftgate_dedupe_evictions_total", kind="prediction") == 0
+    assert sample(m, "driftgate_partition_watermark_timestamp_seconds",
+                  partition="0") == max(p["ts"] for p in batch.predictions)
 
     result = _check(text)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()

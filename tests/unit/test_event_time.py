@@ -369,3 +369,38 @@ def test_bad_window_settings_name_the_key(tmp_path: Path) -> None:
     # the dedupe horizon defaults to the join TTL
     assert make_settings(tmp_path, join={"ttl_seconds": 7200}).dedupe_horizon_seconds == 7200
     assert np.isfinite(make_settings(tmp_path).dedupe_horizon_seconds)
+
+
+# ---------------------------------------------------------------------------
+# the memory backend says what a restart loses
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_start_up_says_what_a_restart_loses(tmp_path: Path, ref: ReferenceProfile,
+                                            durable: bool) -> None:
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from monitor.service import Service
+    from monitor.sources import MemoryDeadLetterSink, ReplaySource
+
+    data = tmp_path / "events.jsonl"
+    data.write_bytes(encode({k: v for k, v in pred("a", START).items() if k != "_p"}) + b"\n")
+    settings_ = make_settings(tmp_path, source="replay")
+    service = Service(settings_, ReplaySource(data, "predictions", "labels"),
+                      MemoryDeadLetterSink(), reference=ref,
+                      store=MemoryStore() if durable else None)
+    with capture_logs() as logs:
+        asyncio.run(service.run(until_exhausted=True))
+    warned = [e for e in logs if e["event"] == "state not durable"]
+    if durable:
+        assert warned == []
+    else:
+        assert len(warned) == 1
+        assert warned[0]["backend"] == "memory"
+        assert "pending label joins" in warned[0]["restart_loses"]
+        assert warned[0]["avoid"] == "state.backend: redis"
+    assert service.engine is not None
+    assert service.engine.versions[(MODEL, "v1")].predictions_total == 1

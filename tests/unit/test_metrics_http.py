@@ -106,12 +106,16 @@ def test_exposition_parses_and_follows_naming(engine: Engine) -> None:
                      "driftgate_consumer_lag", "driftgate_assigned_partitions",
                      "driftgate_dead_letter_records_total", "driftgate_ready",
                      "driftgate_batch_duration_seconds_bucket",
-                     "driftgate_watermark_timestamp_seconds", "driftgate_reference_info"):
+                     "driftgate_watermark_timestamp_seconds", "driftgate_reference_info",
+                     "driftgate_dedupe_ids", "driftgate_dedupe_memory_bytes",
+                     "driftgate_dedupe_evictions_total",
+                     "driftgate_partition_watermark_timestamp_seconds"):
         assert required in names, required
     counters = {f.name for f in families if f.type == "counter"}
     assert {"driftgate_events", "driftgate_late_events", "driftgate_confusion",
             "driftgate_join_evictions", "driftgate_unmatched_labels",
-            "driftgate_invalid_events", "driftgate_duplicate_events"} <= counters
+            "driftgate_invalid_events", "driftgate_duplicate_events",
+            "driftgate_dedupe_evictions"} <= counters
 
 
 def test_exposition_values_match_the_oracle(engine: Engine, ref: ReferenceProfile,
@@ -154,8 +158,94 @@ def test_fresh_engine_exposition(settings: Settings, ref: ReferenceProfile) -> N
     m = parse_metrics(text)
     assert "driftgate_events_total" not in m
     assert "driftgate_watermark_timestamp_seconds" not in m  # no events, no watermark
+    assert "driftgate_partition_watermark_timestamp_seconds" not in m
+    for kind in ("prediction", "label"):
+        assert sample(m, "driftgate_dedupe_ids", kind=kind) == 0
+        assert sample(m, "driftgate_dedupe_evictions_total", kind=kind) == 0
     assert sample(m, "driftgate_join_evictions_total", reason="ttl") == 0
     assert all(not math.isnan(v) for series in m.values() for v in series.values())
+
+
+def _dedupe_engine(tmp_path: Path, ref: ReferenceProfile,
+                   traffic: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+                   **dedupe: Any) -> Engine:
+    """An engine fed the traffic over predictions partitions 0 and 1, then a copy
+    of three predictions and two labels."""
+    settings = load_settings(write_config(tmp_path / "d.yaml",
+                                          reference={"fit_from_champion_events": 10},
+                                          dedupe=dedupe))
+    eng = Engine(settings, ref)
+    preds, labels = traffic
+    p = [RawRecord("predictions", i % 2, i // 2, encode(e)) for i, e in enumerate(preds)]
+    lab = [RawRecord("labels", 0, i, encode(e)) for i, e in enumerate(labels)]
+    codec = EventCodec(settings)
+    eng.process(codec.decode(p, lab))
+    eng.process(codec.decode(p[:3], lab[:2]))
+    return eng
+
+
+def test_dedupe_and_partition_watermark_series(
+        tmp_path: Path, ref: ReferenceProfile,
+        traffic: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
+    preds, labels = traffic
+    eng = _dedupe_engine(tmp_path, ref, traffic)
+    eng.set_partitions({0, 1, 2}, set())  # partition 2: assigned, nothing delivered yet
+    text = _exposition(eng)
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["driftgate_dedupe_ids"].type == "gauge"
+    assert fams["driftgate_dedupe_memory_bytes"].type == "gauge"
+    assert fams["driftgate_dedupe_evictions"].type == "counter"
+    assert fams["driftgate_partition_watermark_timestamp_seconds"].type == "gauge"
+    m = parse_metrics(text)
+    assert sample(m, "driftgate_duplicate_events_total", kind="prediction") == 3
+    assert sample(m, "driftgate_duplicate_events_total", kind="label") == 2
+    assert eng.seen_predictions is not None
+    assert eng.seen_labels is not None
+    for kind, n, seen in (("prediction", len(preds), eng.seen_predictions),
+                          ("label", len(labels), eng.seen_labels)):
+        assert sample(m, "driftgate_dedupe_ids", kind=kind) == n  # copies not stored again
+        nbytes = sample(m, "driftgate_dedupe_memory_bytes", kind=kind)
+        assert nbytes == seen.nbytes
+        assert 8 * n <= nbytes <= 16 * n
+        assert sample(m, "driftgate_dedupe_evictions_total", kind=kind) == 0
+    marks = (max(e["ts"] for e in preds[0::2]), max(e["ts"] for e in preds[1::2]))
+    assert m["driftgate_partition_watermark_timestamp_seconds"] == {
+        (("partition", "0"),): marks[0], (("partition", "1"),): marks[1],
+    }  # no sample for partition 2 (-inf)
+    assert sample(m, "driftgate_watermark_timestamp_seconds") == min(marks)
+
+
+def test_dedupe_evictions_when_the_memory_cap_is_hit(
+        tmp_path: Path, ref: ReferenceProfile,
+        traffic: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
+    preds, _ = traffic
+    # 2000 predictions over 40 s, 10 s buckets, room for 1000 ids
+    eng = _dedupe_engine(tmp_path, ref, traffic, max_ids=1000, horizon_seconds=160)
+    m = parse_metrics(_exposition(eng))
+    ids = sample(m, "driftgate_dedupe_ids", kind="prediction")
+    evicted = sample(m, "driftgate_dedupe_evictions_total", kind="prediction")
+    assert ids is not None
+    assert evicted is not None
+    assert 0 < ids <= 1000
+    assert evicted > 0
+    # the first ids were forgotten early: their copies went uncounted as such
+    assert sample(m, "driftgate_duplicate_events_total", kind="prediction") == 0
+    assert ids + evicted == len(preds) + 3
+
+
+def test_no_dedupe_series_when_dedupe_is_off(
+        tmp_path: Path, ref: ReferenceProfile,
+        traffic: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> None:
+    preds, _ = traffic
+    eng = _dedupe_engine(tmp_path, ref, traffic, enabled=False)
+    text = _exposition(eng)
+    for name in ("driftgate_dedupe_ids", "driftgate_dedupe_memory_bytes",
+                 "driftgate_dedupe_evictions"):
+        assert f"# TYPE {name} " not in text, name
+    m = parse_metrics(text)
+    assert sample(m, "driftgate_duplicate_events_total", kind="prediction") == 0
+    assert sample(m, "driftgate_partition_watermark_timestamp_seconds",
+                  partition="1") == max(e["ts"] for e in preds[1::2])
 
 
 def test_collector_uses_an_injected_registry(engine: Engine) -> None:
