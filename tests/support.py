@@ -275,3 +275,70 @@ def assert_fast_path_agrees(settings: Any, preds: Any, labels: Any = ()) -> bool
     if got != want:
         raise AssertionError(f"fast path differs from msgspec:\nfast: {got}\nslow: {want}")
     return bool(fast.fast_batches)
+
+
+# ------------------------------------------------------------ test producers
+def produce_librdkafka(bootstrap: str, topic: str, codec: str, values: list[bytes],
+                       partitions: list[int]) -> None:
+    """confluent-kafka (its wheel bundles a current librdkafka), no idempotence
+    (the embedded broker has none), every ack awaited."""
+    from confluent_kafka import Producer
+
+    errors: list[str] = []
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": codec,
+                         "enable.idempotence": False, "linger.ms": 5, "acks": "all"})
+    for value, part in zip(values, partitions, strict=True):
+        producer.produce(topic, value=value, partition=part, on_delivery=delivered)
+        producer.poll(0)
+    assert producer.flush(60) == 0, "librdkafka did not deliver everything"
+    assert not errors, errors[:3]
+
+
+async def produce_aiokafka(bootstrap: str, topic: str, codec: str | None,
+                           values: list[bytes], partitions: list[int],
+                           max_batch_size: int = 256 * 1024) -> None:
+    """aiokafka to explicit partitions, every ack awaited."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                enable_idempotence=False, linger_ms=5,
+                                compression_type=codec, max_batch_size=max_batch_size)
+    await producer.start()
+    try:
+        futs = [await producer.send(topic, v, partition=p)
+                for v, p in zip(values, partitions, strict=True)]
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+
+
+def assert_divergences_and_kpis(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]],
+                                exp: Expected, kpis: bool = True) -> None:
+    """The exported PSI/KL/JS (and KPI estimates and bounds) equal the oracle's."""
+    import math
+
+    assert exp.psi, "the oracle produced no PSI values"
+    for store, metric in ((exp.psi, "driftgate_psi"), (exp.kl, "driftgate_kl_divergence"),
+                          (exp.js, "driftgate_js_divergence")):
+        for (model, version, feature, baseline), value in store.items():
+            got = sample(metrics, metric, model=model, version=version, feature=feature,
+                         baseline=baseline)
+            assert got is not None, (metric, version, feature, baseline)
+            assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), \
+                (metric, version, feature, baseline, got, value)
+    if not kpis:
+        return
+    assert exp.kpi, "the oracle produced no KPI values"
+    for (model, version, kpi, bound), value in exp.kpi.items():
+        got = sample(metrics, "driftgate_kpi_ratio", model=model, version=version, kpi=kpi,
+                     bound=bound)
+        assert got is not None, (version, kpi, bound)
+        assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), \
+            (version, kpi, bound, got, value)

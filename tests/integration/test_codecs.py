@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.produce import ProduceRequest
@@ -49,48 +49,20 @@ from tests.integration.test_service_e2e import (
     _setup_topics,
     _stream,
 )
-from tests.support import MODEL, encode, parse_metrics, sample
+from tests.support import (
+    MODEL,
+    encode,
+    parse_metrics,
+    produce_aiokafka,
+    produce_librdkafka,
+    sample,
+)
 
 pytestmark = pytest.mark.integration
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 CODEC_IDS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 SKIP_EVENT = "undecodable record batch skipped"
-
-
-# ------------------------------------------------------------------ producers
-def produce_librdkafka(bootstrap: str, topic: str, codec: str, values: list[bytes],
-                       partitions: list[int]) -> None:
-    """confluent-kafka (its wheel bundles a current librdkafka), waiting for acks."""
-    from confluent_kafka import Producer
-
-    errors: list[str] = []
-
-    def delivered(err: Any, msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": codec,
-                         "enable.idempotence": False, "linger.ms": 5, "acks": "all"})
-    for value, part in zip(values, partitions, strict=True):
-        producer.produce(topic, value=value, partition=part, on_delivery=delivered)
-        producer.poll(0)
-    assert producer.flush(60) == 0, "librdkafka did not deliver everything"
-    assert not errors, errors[:3]
-
-
-async def produce_aiokafka(bootstrap: str, topic: str, codec: str | None,
-                           values: list[bytes], partitions: list[int]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=False, linger_ms=5,
-                                compression_type=codec, max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        futs = [await producer.send(topic, v, partition=p)
-                for v, p in zip(values, partitions, strict=True)]
-        await asyncio.gather(*futs)
-    finally:
-        await producer.stop()
 
 
 # ------------------------------------------------------- raw batches on the wire

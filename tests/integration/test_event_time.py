@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from detectors import ReferenceProfile
 from monitor.broker import EmbeddedBroker, free_port
@@ -43,15 +43,21 @@ from tests.integration.test_service_e2e import _dead_letters, _setup_topics
 from tests.support import (
     MODEL,
     Expected,
+    assert_divergences_and_kpis,
     encode,
     fit_reference,
     oracle,
     parse_metrics,
+    produce_aiokafka,
+    produce_librdkafka,
     sample,
     write_config,
 )
 
 pytestmark = pytest.mark.integration
+
+#: aiokafka producer batches: small, so the service reads in many small fetches
+SMALL_BATCH = 16 * 1024
 
 SLICE = 10.0
 WINDOW = 600.0
@@ -89,41 +95,6 @@ def _write_config(tmp_path: Path, kafka: EmbeddedBroker, topics: dict[str, str],
                  "kpi_window_seconds": 3600, "allowed_lateness_seconds": LATENESS},
         codec={"max_message_bytes": 4096},
     )
-
-
-async def _produce_aiokafka(bootstrap: str, topic: str, values: list[bytes],
-                            partitions: list[int]) -> None:
-    """aiokafka, small record batches, every ack awaited."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                enable_idempotence=False, linger_ms=5,
-                                max_batch_size=16 * 1024)
-    await producer.start()
-    try:
-        futs = [await producer.send(topic, v, partition=p)
-                for v, p in zip(values, partitions, strict=True)]
-        await asyncio.gather(*futs)
-    finally:
-        await producer.stop()
-
-
-def _produce_librdkafka(bootstrap: str, topic: str, values: list[bytes],
-                        partitions: list[int]) -> None:
-    """confluent-kafka (librdkafka), lz4 batches, no idempotence, every ack awaited."""
-    from confluent_kafka import Producer
-
-    errors: list[str] = []
-
-    def delivered(err: Any, msg: Any) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": "lz4",
-                         "enable.idempotence": False, "linger.ms": 5, "acks": "all"})
-    for value, part in zip(values, partitions, strict=True):
-        producer.produce(topic, value=value, partition=part, on_delivery=delivered)
-        producer.poll(0)
-    assert producer.flush(60) == 0, "librdkafka did not deliver everything"
-    assert not errors, errors[:3]
 
 
 def _records_consumed(dg: DriftgateProcess) -> int:
@@ -173,23 +144,7 @@ def _assert_matches_oracle(m: Metrics, exp: Expected, kpis: bool = True) -> None
         cells = {cell: sample(m, "driftgate_confusion_total", model=model, version=version,
                               cell=cell) for cell in ("tp", "fp", "fn", "tn")}
         assert cells == {c: exp.confusion[(model, version)][c] for c in cells}, version
-    assert exp.psi, "the oracle produced no PSI values"
-    for store, metric in ((exp.psi, "driftgate_psi"), (exp.kl, "driftgate_kl_divergence"),
-                          (exp.js, "driftgate_js_divergence")):
-        for (model, version, feature, baseline), value in store.items():
-            got = sample(m, metric, model=model, version=version, feature=feature,
-                         baseline=baseline)
-            assert got is not None, (metric, version, feature, baseline)
-            assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), \
-                (metric, version, feature, baseline, got, value)
-    if kpis:
-        assert exp.kpi, "the oracle produced no KPI values"
-        for (model, version, kpi, bound), value in exp.kpi.items():
-            got = sample(m, "driftgate_kpi_ratio", model=model, version=version, kpi=kpi,
-                         bound=bound)
-            assert got is not None, (version, kpi, bound)
-            assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), \
-                (version, kpi, bound, got, value)
+    assert_divergences_and_kpis(m, exp, kpis)
 
 
 def _adwin_counts_once(m: Metrics, exp: Expected) -> None:
@@ -280,10 +235,12 @@ def backlog(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
     assert [len(p) for p in preds_by_part] == _BACKLOG_SIZES
     bootstrap = kafka.bootstrap_servers
     for part, (preds, labels) in enumerate(zip(preds_by_part, labels_by_part, strict=True)):
-        asyncio.run(_produce_aiokafka(bootstrap, topics["predictions_topic"],
-                                      [encode(p) for p in preds], [part] * len(preds)))
-        asyncio.run(_produce_aiokafka(bootstrap, topics["labels_topic"],
-                                      [encode(lab) for lab in labels], [part] * len(labels)))
+        asyncio.run(produce_aiokafka(bootstrap, topics["predictions_topic"], None,
+                                     [encode(p) for p in preds], [part] * len(preds),
+                                     max_batch_size=SMALL_BATCH))
+        asyncio.run(produce_aiokafka(bootstrap, topics["labels_topic"], None,
+                                     [encode(lab) for lab in labels], [part] * len(labels),
+                                     max_batch_size=SMALL_BATCH))
     preds = [p for ps in preds_by_part for p in ps]
     labels = [lab for ls in labels_by_part for lab in ls]
     total = len(preds) + len(labels)
@@ -344,8 +301,8 @@ def test_a_genuinely_late_event_is_still_counted_late(kafka: EmbeddedBroker,
     def send(event_id: str, ts: float, partition: int) -> Metrics:
         event = {**template, "event_id": event_id, "model_version": "v1", "ts": ts}
         n = _records_consumed(dg)
-        asyncio.run(_produce_aiokafka(kafka.bootstrap_servers, topics["predictions_topic"],
-                                      [encode(event)], [partition]))
+        asyncio.run(produce_aiokafka(kafka.bootstrap_servers, topics["predictions_topic"],
+                                     None, [encode(event)], [partition]))
         return _wait_consumed(dg, n + 1, timeout=30)
 
     # behind the watermark by more than the allowed lateness, yet its slice is
@@ -388,7 +345,8 @@ def test_an_event_ten_years_ahead_is_refused_and_moves_nothing(
     # early in partition 0, so most normal events come after it
     values.insert(6, encode(future))
     parts.insert(6, 0)
-    _produce_librdkafka(kafka.bootstrap_servers, topics["predictions_topic"], values, parts)
+    produce_librdkafka(kafka.bootstrap_servers, topics["predictions_topic"], "lz4", values,
+                       parts)
     dg = _start(tmp_path, _write_config(tmp_path, kafka, topics))
     m = _wait_consumed(dg, len(values))
     assert sample(m, "driftgate_invalid_events_total", kind="prediction",
@@ -460,7 +418,7 @@ def test_copies_through_kafka_are_counted_once(kafka: EmbeddedBroker,
     # 1. the predictions, with copies of some while they are pending (no label yet)
     pending_copies = [by_id[i] for i in rng.sample(sorted(by_id), k=150)]
     values, parts = records(interleave(preds, pending_copies))
-    _produce_librdkafka(bootstrap, topics["predictions_topic"], values, parts)
+    produce_librdkafka(bootstrap, topics["predictions_topic"], "lz4", values, parts)
     produced += len(values)
     m = _wait_consumed(dg, produced)
     assert sample(m, "driftgate_duplicate_events_total", kind="prediction") == 150
@@ -469,7 +427,8 @@ def test_copies_through_kafka_are_counted_once(kafka: EmbeddedBroker,
     label_by_id = {lab["event_id"]: lab for lab in labels}
     label_copies = [label_by_id[i] for i in rng.sample(sorted(label_by_id), k=100)]
     values, parts = records(interleave(labels, label_copies))
-    asyncio.run(_produce_aiokafka(bootstrap, topics["labels_topic"], values, parts))
+    asyncio.run(produce_aiokafka(bootstrap, topics["labels_topic"], None, values, parts,
+                                 max_batch_size=SMALL_BATCH))
     produced += len(values)
     m = _wait_consumed(dg, produced)
     assert sample(m, "driftgate_duplicate_events_total", kind="label") == 100
@@ -485,9 +444,10 @@ def test_copies_through_kafka_are_counted_once(kafka: EmbeddedBroker,
 
     async def both() -> None:
         await asyncio.gather(
-            _produce_aiokafka(bootstrap, topics["labels_topic"], lv, lp),
-            asyncio.to_thread(_produce_librdkafka, bootstrap, topics["predictions_topic"],
-                              pv, pp))
+            produce_aiokafka(bootstrap, topics["labels_topic"], None, lv, lp,
+                             max_batch_size=SMALL_BATCH),
+            asyncio.to_thread(produce_librdkafka, bootstrap, topics["predictions_topic"],
+                              "lz4", pv, pp))
 
     asyncio.run(both())
     produced += len(pv) + len(lv)

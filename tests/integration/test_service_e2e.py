@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import subprocess
 import uuid
 from pathlib import Path
@@ -24,6 +23,7 @@ from monitor.traffic import TrafficGenerator
 from tests.integration.conftest import GROUP_TUNING, produce, wait_until
 from tests.support import (
     MODEL,
+    assert_divergences_and_kpis,
     encode,
     fit_reference,
     kcat_command,
@@ -113,21 +113,7 @@ def _assert_exact(metrics: dict[str, Any], preds: list[dict[str, Any]],
         for cell in ("tp", "fp", "fn", "tn"):
             assert sample(metrics, "driftgate_confusion_total", model=model, version=version,
                           cell=cell) == exp.confusion[(model, version)][cell], cell
-    assert exp.psi, "the oracle produced no PSI values"
-    for store, metric in ((exp.psi, "driftgate_psi"), (exp.kl, "driftgate_kl_divergence"),
-                          (exp.js, "driftgate_js_divergence")):
-        for (model, version, feature, baseline), value in store.items():
-            got = sample(metrics, metric, model=model, version=version, feature=feature,
-                         baseline=baseline)
-            assert got is not None, (metric, version, feature, baseline)
-            assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), \
-                (metric, version, feature, baseline, got, value)
-    for (model, version, kpi, bound), value in exp.kpi.items():
-        got = sample(metrics, "driftgate_kpi_ratio", model=model, version=version, kpi=kpi,
-                     bound=bound)
-        assert got is not None, (version, kpi, bound)
-        assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), \
-            (version, kpi, bound, got, value)
+    assert_divergences_and_kpis(metrics, exp)
     assert sample(metrics, "driftgate_labels_received_total") == len(labels)
     # the drift half-way shows: the canary's velocity feature moved, the champion's not
     assert exp.psi[(MODEL, "v2", "txn_velocity_1h", "reference")] > 0.2

@@ -15,27 +15,17 @@ from hypothesis import strategies as st
 
 from detectors import ReferenceProfile
 from monitor.codec import EventCodec, RawRecord
-from monitor.config import Settings, load_settings
+from monitor.config import Settings
 from monitor.engine import Engine
 from monitor.state import MemoryStore
 from monitor.traffic import TrafficGenerator
-from tests.support import MODEL, encode, fit_reference, oracle, write_config
-
-START = 1_700_000_000.0
-SLICE, WINDOW = 10.0, 60.0
+from tests.support import MODEL, encode, fit_reference, oracle
+from tests.unit.test_engine import SLICE, START, WINDOW, make_settings
 
 
 @pytest.fixture(scope="module")
 def ref() -> ReferenceProfile:
     return fit_reference(n=3000)
-
-
-def make_settings(tmp_path: Path, **sections: Any) -> Settings:
-    windows = {"slice_seconds": SLICE, "window_seconds": WINDOW, "kpi_window_seconds": 600,
-               "allowed_lateness_seconds": 30}
-    windows.update(sections.pop("windows", {}))
-    sections.setdefault("reference", {"fit_from_champion_events": 10})
-    return load_settings(write_config(tmp_path / "config.yaml", windows=windows, **sections))
 
 
 class Clock:
