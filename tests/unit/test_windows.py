@@ -311,3 +311,61 @@ def test_slice_ids_bad_arguments() -> None:
         slice_ids([1.0], -5)
     with pytest.raises(ValueError, match=r"timestamps must be finite, got array\(\[nan\]\)"):
         slice_ids([1.0, float("nan")], 10)
+
+
+# ---------------------------------------------------------------------------
+# slices held ahead of the head
+# ---------------------------------------------------------------------------
+
+# one step: ("add", slice id, value) or ("advance", slice id)
+ahead_steps = st.lists(
+    st.one_of(st.tuples(st.just("add"), st.integers(0, 60), st.integers(0, N_VALUES - 1)),
+              st.tuples(st.just("advance"), st.integers(0, 60), st.just(0))),
+    max_size=80)
+
+
+@PROPERTY
+@given(ahead_steps, st.integers(1, 6), st.integers(0, 10))
+def test_ahead_slices_match_a_naive_model(steps: list[tuple[str, int, int]], n_slices: int,
+                                          ahead: int) -> None:
+    """Against a dict of every slice ever added: the total is the sum of the
+    slices in (head - n, head], what is held is within (head, head + ahead], and
+    an add is refused exactly when its slice is at or below head - n."""
+    w = SlicedWindow(n_slices, (N_VALUES,), ahead=ahead)
+    kept: dict[int, np.ndarray] = {}
+    head: int | None = None
+    for op, sid, value in steps:
+        if op == "advance":
+            w.advance(sid)
+            head = sid if head is None else max(head, sid)
+        else:
+            ok = w.add(sid, one_hot(value))
+            if head is None:
+                head = sid
+            if sid <= head - n_slices:
+                assert not ok
+                continue
+            assert ok
+            if sid > head + ahead:
+                head = sid - ahead
+            kept[sid] = kept.get(sid, np.zeros(N_VALUES, np.int64)) + one_hot(value)
+        kept = {s: c for s, c in kept.items() if head is None or s > head - n_slices}
+        assert w.head == head
+        inside = [c for s, c in kept.items() if head is not None and s <= head]
+        want = np.sum(inside, axis=0) if inside else np.zeros(N_VALUES, np.int64)
+        np.testing.assert_array_equal(w.total, want)
+        assert w.slice_ids() == set(kept)
+        assert head is None or all(s <= head + ahead for s in kept)
+        for s, c in kept.items():
+            got = w.get(s)
+            assert got is not None
+            np.testing.assert_array_equal(got, c)
+
+
+def test_ahead_must_be_a_non_negative_integer() -> None:
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="ahead"):
+            SlicedWindow(3, (2,), ahead=bad)  # type: ignore[arg-type]
+    w = SlicedWindow(3, (2,), ahead=4)
+    restored = SlicedWindow.from_state(json.loads(json.dumps(w.state())))
+    assert restored.ahead == 4
