@@ -67,6 +67,14 @@ def table(results: dict[str, Any]) -> str:
          _fmt(_get(i, "driftgate_service_msgspec_only", "events_per_s"), ",.0f",
               " events/s (fast path: ")
          + _fmt(_get(i, "ratio_fast_path_over_msgspec_only"), ".2f", "x)"), "-"),
+        ("ingest: same path, dedupe off (one run; (2) counts each id once)", "-",
+         _fmt(_get(i, "driftgate_service_dedupe_off", "events_per_s"), ",.0f", " events/s")
+         + " (dedupe on / off: "
+         + _fmt(_get(i, "ratio_dedupe_on_over_off"), ".2f", "x)"), "-"),
+        ("ingest: lz4-compressed input, raw aiokafka and the full path", "-",
+         _fmt(_get(i, "lz4", "driftgate_events_per_s"), ",.0f", " vs ")
+         + _fmt(_get(i, "lz4", "raw_events_per_s"), ",.0f", " events/s (")
+         + _fmt(_get(i, "lz4", "ratio_service_over_raw"), ".2f", "x raw)"), "-"),
         ("ingest: vs a plain Faust agent counting events", ">= 8x Faust",
          _fmt(_get(i, "ratio_service_over_faust"), ".1f", "x (Faust ")
          + _fmt(_get(i, "faust_agent", "events_per_s"), ",.0f", " events/s)"),
