@@ -412,6 +412,11 @@ def overview() -> dict[str, Any]:
                         "the wall clock (a producer's clock is wrong): refused and "
                         "dead-lettered, they never move event time. "
                         "DriftgateFutureTimestamps fires on any."),
+        timeseries("Admin API authentication failures", Target(
+            increase("driftgate_http_auth_failures_total", J, "route"), "{{route}}"),
+            unit="short", draw="bars", fill=80,
+            description="Requests to the admin routes refused for a missing, malformed or "
+                        "wrong token, per route; sampled into the audit log."),
         timeseries("Duplicate events / s", Target(
             rate("driftgate_duplicate_events_total", J, "kind"), "{{kind}}"), unit="ops",
             description="Events whose id was already seen within the dedupe horizon: "

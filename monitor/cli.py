@@ -140,17 +140,26 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")],
     url: Annotated[str, typer.Option(help="The running service's HTTP address.")] =
         "http://127.0.0.1:8080",
+    token: Annotated[str | None, typer.Option(
+        envvar="DRIFTGATE_ADMIN_TOKEN",
+        help="Admin token, for a service with http.reports_require_token.")] = None,
 ) -> None:
     """Evidently data-drift report of a version's window sample vs the reference."""
     import httpx
 
     base = f"{url.rstrip('/')}/v1/reports/{model}/{version}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        summary = httpx.get(base, params={"format": "json"}, timeout=120)
+        summary = httpx.get(base, params={"format": "json"}, headers=headers, timeout=120)
         if summary.status_code != 200:
-            typer.echo(f"error: {summary.json().get('error', summary.text)}", err=True)
+            try:
+                doc = summary.json()
+                why = doc.get("detail") or doc.get("error") or summary.text
+            except ValueError:
+                why = summary.text
+            typer.echo(f"error: {why}", err=True)
             raise typer.Exit(1)
-        html = httpx.get(base, timeout=120)
+        html = httpx.get(base, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach {url}: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -27,6 +27,7 @@ import math
 import operator
 import re
 import time
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,6 +60,7 @@ __all__ = [
     "RawRecord",
     "Record",
     "Rejected",
+    "VersionSlots",
 ]
 
 #: Every reason a record can be rejected for (the ``reason`` metric label).
@@ -77,6 +79,7 @@ REASONS = (
     "bad_amount",
     "bad_label",
     "unknown_model",
+    "too_many_models",
     "too_many_versions",
     "cloudevents_header",
     "unknown_topic",
@@ -207,6 +210,9 @@ class DecodedBatch:
     predictions: PredictionColumns
     labels: LabelColumns
     rejected: list[Rejected] = field(default_factory=list)
+    #: the slot table the batch's versions were admitted by (the engine follows
+    #: it: drops the state of released versions, reserves slots for new roles)
+    slots: VersionSlots | None = None
 
 
 def _ts_seconds(value: float | datetime) -> float:
@@ -247,6 +253,150 @@ _MISSING_RE = re.compile(r"missing required field `([^`]*)`")
 _PATH_RE = re.compile(r"at `\$\.?([^`]*)`")
 
 
+class VersionSlots:
+    """Which (model, version) pairs may hold state: the cardinality caps.
+
+    Every model has ``max_versions`` slots (``models[].max_versions``, or
+    ``codec.unknown_model_max_versions`` for a model that is not configured),
+    and at most ``codec.max_models`` models hold slots (configured models
+    always do; the others share what is left). The champion and canary of a
+    model hold *reserved* slots: they are counted against the cap before any
+    other version is, are always admitted, and never released. When a version
+    becomes reserved while the model's slots are full (a canary set at run time
+    through the admin API, see :meth:`reserve`), the least recently seen other
+    version is evicted to make room. A version that is not reserved and has not
+    been admitted for ``codec.version_idle_seconds`` of wall clock releases its
+    slot (then an unknown model with no version left releases its own).
+
+    Released pairs are queued for the engine (:meth:`drain_released`), which
+    drops their state, so their exported series go with them. At most
+    :attr:`max_pairs` pairs hold a slot at any time.
+    """
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        codec = settings.codec
+        self.clock = clock
+        self._configured = {m.name: m.max_versions for m in settings.models}
+        self._unknown_cap = codec.unknown_model_max_versions
+        # models that are not configured share what the configured leave (none
+        # unless codec.allow_unknown_models: they are refused as unknown_model)
+        self._unknown_models_cap = (max(0, codec.max_models - len(self._configured))
+                                    if codec.allow_unknown_models else 0)
+        self._idle = codec.version_idle_seconds
+        self._reserved: dict[str, set[str]] = {
+            m.name: {v for v in (m.champion, m.canary) if v} for m in settings.models}
+        # model -> version -> wall-clock time last admitted, least recent first
+        self._held: dict[str, OrderedDict[str, float]] = {m: OrderedDict()
+                                                          for m in self._configured}
+        self._unknown_models = 0
+        self._released: list[tuple[str, str]] = []
+        self._next_sweep = -math.inf
+        #: pairs refused, per reason (too_many_models, too_many_versions)
+        self.refused: Counter[str] = Counter()
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def max_pairs(self) -> int:
+        """The most (model, version) pairs that can hold a slot at once."""
+        configured = sum(max(cap, len(self._reserved[m])) for m, cap in
+                         self._configured.items())
+        return configured + self._unknown_models_cap * self._unknown_cap
+
+    def cap(self, model: str) -> int:
+        return self._configured.get(model, self._unknown_cap)
+
+    def holds(self, model: str, version: str) -> bool:
+        held = self._held.get(model)
+        return held is not None and version in held
+
+    def reserved(self, model: str) -> set[str]:
+        return set(self._reserved.get(model, ()))
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(m, v) for m, held in self._held.items() for v in held]
+
+    # ----------------------------------------------------------------- changes
+    def admit(self, model: str, version: str) -> str | None:
+        """Admit one (model, version) seen now: ``None``, or the reason it is
+        refused (``too_many_models`` or ``too_many_versions``)."""
+        now = self.clock()
+        self.tick(now)
+        held = self._held.get(model)
+        if held is not None and version in held:
+            held[version] = now
+            held.move_to_end(version)
+            return None
+        if held is None:
+            if self._unknown_models >= self._unknown_models_cap:
+                self.refused["too_many_models"] += 1
+                return "too_many_models"
+            held = self._held[model] = OrderedDict()
+            self._unknown_models += 1
+        reserved = self._reserved.get(model, set())
+        if version not in reserved and self._others(model) + len(reserved) >= self.cap(model):
+            self.refused["too_many_versions"] += 1
+            if not held:  # an unknown model refused its first version: no slot taken
+                self._drop_model(model)
+            return "too_many_versions"
+        held[version] = now
+        if version in reserved:
+            self._make_room(model)
+        return None
+
+    def reserve(self, model: str, versions: set[str]) -> None:
+        """Make ``versions`` the model's reserved versions (its champion and
+        canary); room is made for them at once by evicting the least recently
+        seen other versions."""
+        if model not in self._configured:
+            return  # roles exist for configured models only
+        self._reserved[model] = set(versions)
+        self._make_room(model)
+
+    def tick(self, now: float | None = None) -> None:
+        """Release idle slots if a sweep is due (every tenth of the idle time,
+        at most a minute apart)."""
+        now = self.clock() if now is None else now
+        if now >= self._next_sweep:
+            self.release_idle(now)
+
+    def release_idle(self, now: float | None = None) -> None:
+        """Release the slots of versions not admitted for ``version_idle_seconds``."""
+        if self._idle is None:
+            return
+        now = self.clock() if now is None else now
+        self._next_sweep = now + min(self._idle / 10, 60.0)
+        horizon = now - self._idle
+        for model in list(self._held):
+            held = self._held[model]
+            reserved = self._reserved.get(model, set())
+            for version in [v for v, t in held.items() if t < horizon and v not in reserved]:
+                del held[version]
+                self._released.append((model, version))
+            if not held and model not in self._configured:
+                self._drop_model(model)
+
+    def drain_released(self) -> list[tuple[str, str]]:
+        """The pairs released since the last call."""
+        out, self._released = self._released, []
+        return out
+
+    def _others(self, model: str) -> int:
+        reserved = self._reserved.get(model, set())
+        return sum(1 for v in self._held[model] if v not in reserved)
+
+    def _make_room(self, model: str) -> None:
+        held = self._held[model]
+        reserved = self._reserved.get(model, set())
+        excess = self._others(model) + len(reserved) - self.cap(model)
+        for version in [v for v in held if v not in reserved][:max(excess, 0)]:
+            del held[version]  # least recently seen first
+            self._released.append((model, version))
+
+    def _drop_model(self, model: str) -> None:
+        if self._held.pop(model, None) is not None and model not in self._configured:
+            self._unknown_models -= 1
+
+
 class EventCodec:
     """Decodes records of the predictions and labels topics.
 
@@ -255,8 +405,10 @@ class EventCodec:
     settings : Settings
         Field names, features, models, size limit and CloudEvents options.
     version_allowed : callable, optional
-        ``(model, version) -> bool``; defaults to a per-model cap of
-        ``max_versions`` distinct versions (champion and canary always fit).
+        ``(model, version) -> bool`` (a refusal is ``too_many_versions``);
+        by default the :class:`VersionSlots` cardinality caps decide.
+    slots : VersionSlots, optional
+        The slot table (default: a new one on ``settings`` and ``clock``).
     """
 
     def __init__(
@@ -264,9 +416,13 @@ class EventCodec:
         settings: Settings,
         version_allowed: Callable[[str, str], bool] | None = None,
         clock: Callable[[], float] = time.time,
+        slots: VersionSlots | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        #: the cardinality caps (None with a ``version_allowed`` hook)
+        self.slots = (slots or VersionSlots(settings, clock)) if version_allowed is None \
+            else None
         # events stamped later than this (wall clock + allowed skew, set per
         # decode call) are refused as future_timestamp; inf: no check
         self._future_skew = settings.future_skew_seconds
@@ -319,10 +475,7 @@ class EventCodec:
         self._any_decoder = msgspec.json.Decoder()
         self._raw_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
         self._models = {m.name: m for m in settings.models}
-        self._versions: dict[str, set[str]] = {
-            m.name: {v for v in (m.champion, m.canary) if v} for m in settings.models
-        }
-        self._version_allowed = version_allowed or self._default_version_allowed
+        self._version_allowed = version_allowed
         self._n_num = len(self.numeric_features)
         # per-record hot path: settings are frozen, so look these up once
         self._max_bytes = settings.codec.max_message_bytes
@@ -345,18 +498,19 @@ class EventCodec:
         self.msgspec_batches = 0
 
     # ------------------------------------------------------------------ helpers
-    def _default_version_allowed(self, model: str, version: str) -> bool:
-        seen = self._versions.get(model)
-        if seen is not None and version in seen:
-            return True
-        if seen is None:
-            seen = self._versions[model] = set()
-        cfg = self._models.get(model)
-        cap = cfg.max_versions if cfg is not None else 8
-        if len(seen) >= cap:
-            return False
-        seen.add(version)
-        return True
+    def _admit(self, model: str, version: str) -> tuple[str, str] | None:
+        """``None`` when (model, version) may hold state, else the reason and detail."""
+        if self.slots is None:
+            if self._version_allowed is None or self._version_allowed(model, version):
+                return None
+            return self._too_many_versions(model, version)
+        reason = self.slots.admit(model, version)
+        if reason is None:
+            return None
+        if reason == "too_many_models":
+            return reason, (f"{self.settings.fields.model} {model!r} exceeds the model limit "
+                            f"(codec.max_models {self.settings.codec.max_models})")
+        return self._too_many_versions(model, version)
 
     def threshold(self, model: str) -> float:
         cfg = self._models.get(model)
@@ -462,6 +616,8 @@ class EventCodec:
         """Decode prediction and label records into columns plus rejections."""
         if self._future_skew is not None:
             self._not_after = self.clock() + self._future_skew
+        if self.slots is not None:
+            self.slots.tick()
         rejected: list[Rejected] = []
         preds = self._decode_predictions(predictions, rejected)
         _in_record_order(rejected, predictions)
@@ -469,7 +625,7 @@ class EventCodec:
         labs = self._decode_labels(labels, label_rejected)
         _in_record_order(label_rejected, labels)
         rejected += label_rejected
-        return DecodedBatch(preds, labs, rejected)
+        return DecodedBatch(preds, labs, rejected, slots=self.slots)
 
     def _batch_decode(self, records: Sequence[Record],
                       decoder: msgspec.json.Decoder[Any]) -> list[Any] | None:
@@ -647,8 +803,9 @@ class EventCodec:
 
     def _too_many_versions(self, model: str, version: str) -> tuple[str, str]:
         f = self.settings.fields
+        cap = f" ({self.slots.cap(model)} slots)" if self.slots is not None else ""
         return "too_many_versions", (f"{f.model_version} {version!r} of model "
-                                     f"{model!r} exceeds the version limit")
+                                     f"{model!r} exceeds the version limit{cap}")
 
     def _prediction_columns(self, raw: _RawPredictions, recs: Sequence[Record],
                             rejected: list[Rejected]) -> PredictionColumns:
@@ -676,12 +833,12 @@ class EventCodec:
         # in the order of their first valid events
         pairs = zip(model_c, version_c, strict=True)
         first = dict.fromkeys(itertools.compress(pairs, (~bad).tolist()) if problems else pairs)
-        denied = {p for p in first if not self._version_allowed(*p)}
+        denied = {p: why for p in first if (why := self._admit(*p)) is not None}
         if denied:
             for i, pair in enumerate(zip(model_c, version_c, strict=True)):
                 if pair in denied and not bad[i]:
                     bad[i] = True
-                    problems[i] = self._too_many_versions(*pair)
+                    problems[i] = denied[pair]
         cols = PredictionColumns(
             event_id=raw.event_id, model=model_c, version=version_c, ts=ts,
             score=score, decision=decision, amount=amount, numeric=raw.numeric,

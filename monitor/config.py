@@ -308,6 +308,9 @@ class HttpSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     ready_max_lag: int = Field(100_000, ge=0)
+    # /v1/reports/{model}/{version} needs the admin bearer token (reports are
+    # expensive to render and show raw feature distributions)
+    reports_require_token: bool = False
 
 
 class LogSettings(_Strict):
@@ -324,6 +327,14 @@ class CodecSettings(_Strict):
     # (monitor/_native) when it is built; any batch it is not certain of goes to
     # msgspec, so results are the same either way (false: msgspec only)
     fast_decode: bool = True
+    # cardinality caps (README "Bounded cardinality"): models in all, configured
+    # ones included (only matters with allow_unknown_models), and versions of a
+    # model that is not configured (configured models: models[].max_versions)
+    max_models: int = Field(32, ge=1, le=10_000)
+    unknown_model_max_versions: int = Field(4, ge=1, le=64)
+    # a version not seen for this long (wall clock) releases its slot, engine
+    # state and series; the configured champion and canary never do (null: never)
+    version_idle_seconds: float | None = Field(10_800.0, gt=0, le=365 * 86_400)
 
 
 class WebhookSettings(_Strict):

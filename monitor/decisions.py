@@ -32,7 +32,10 @@ from rollback.audit import AuditLog
 from rollback.delivery import Attempt, DeliveryResult, WebhookSender
 from rollback.policy import Decision, ModelView, Policy, PolicyOutcome, Resolution, VersionView
 
-__all__ = ["DecisionLayer"]
+__all__ = ["AUTH_AUDIT_INTERVAL_S", "DecisionLayer", "VerdictError"]
+
+#: failed authentications are sampled into the audit log at most this often per route
+AUTH_AUDIT_INTERVAL_S = 60.0
 
 log = structlog.get_logger("driftgate.decisions")
 
@@ -92,6 +95,15 @@ def build_views(engine: Engine, ev: Evaluation) -> list[ModelView]:
     return views
 
 
+class VerdictError(LookupError):
+    """No verdict: the model or version is unknown (``code`` names which)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
 class DecisionLayer:
     """Policy evaluation and actions for a running service.
 
@@ -117,11 +129,15 @@ class DecisionLayer:
         self._engine = engine
         self._publish = publish
         self.clock = clock
+        secrets = settings.webhooks.secret_values()
+        # checked before anything is opened: a config error leaves nothing behind
+        if not secrets and (any(m.rollback_url for m in settings.models)
+                            or settings.alerting.url):
+            raise ValueError("webhooks.secrets (or webhooks.secrets_file) is required when a "
+                             "rollback_url or alerting.url is configured: webhooks are signed")
         self.policy = Policy(settings.rules)
         self.audit = AuditLog(Path(settings.audit.path), fsync=settings.audit.fsync)
         self.config_hash = settings.content_hash()
-        secrets = settings.webhooks.secret_values()
-        wh = settings.webhooks
         self._senders: dict[str, WebhookSender] = {}
         if secrets:
             for m in settings.models:
@@ -131,10 +147,6 @@ class DecisionLayer:
             if settings.alerting.url:
                 self._senders["alertmanager"] = self._sender(settings.alerting.url, secrets,
                                                              "alertmanager", sleep)
-        elif any(m.rollback_url for m in settings.models) or settings.alerting.url:
-            raise ValueError("webhooks.secrets (or webhooks.secrets_file) is required when a "
-                             "rollback_url or alerting.url is configured: webhooks are signed")
-        del wh
         for sender in self._senders.values():
             sender.warm_up()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -146,6 +158,14 @@ class DecisionLayer:
         self.last_outcome: PolicyOutcome | None = None
         self.last_evaluated_at: float | None = None
         self.enabled = True
+        # events of a champion or canary the codec refused (only those: bounded),
+        # (model, version) -> reason -> (count, last refused at)
+        self.refused: dict[tuple[str, str], dict[str, tuple[int, float]]] = {}
+        # failed admin authentications per route (driftgate_http_auth_failures_total)
+        # and the ones not yet sampled into the audit log
+        self.auth_failures: Counter[str] = Counter()
+        self._auth_pending: dict[str, Counter[str]] = {}
+        self._auth_audited_at: dict[str, float] = {}
 
     def _sender(self, url: str, secrets: list[str], name: str,
                 sleep: Callable[[float], Awaitable[None]]) -> WebhookSender:
@@ -275,6 +295,9 @@ class DecisionLayer:
             await asyncio.wait(list(self.tasks), timeout=timeout)
 
     async def aclose(self) -> None:
+        now = self.clock()
+        for route in list(self._auth_pending):
+            self._flush_auth(route, now)
         for t in list(self.tasks):
             t.cancel()
         for s in self._senders.values():
@@ -320,7 +343,37 @@ class DecisionLayer:
         return payload
 
     # ------------------------------------------------------------ verdicts
-    def verdict(self, model: str, version: str | None) -> dict[str, Any] | None:
+    def note_refused(self, model: str, version: str, reason: str) -> None:
+        """The codec refused events of ``model``/``version`` for ``reason``.
+
+        Kept only for a current champion or canary, so junk versions cannot grow
+        it; a refused canary is not monitored, and its verdict says so.
+        """
+        engine = self._engine()
+        roles = engine.roles.get(model) if engine is not None else None
+        if roles is None or version not in roles.values():
+            return
+        per = self.refused.setdefault((model, version), {})
+        n, _ = per.get(reason, (0, 0.0))
+        per[reason] = (n + 1, self.clock())
+
+    def _refusals(self, model: str, version: str) -> dict[str, int]:
+        """Reasons ``version``'s events were refused within the drift window."""
+        per = self.refused.get((model, version))
+        if not per:
+            return {}
+        since = self.clock() - self.settings.windows.window_seconds
+        return {r: n for r, (n, at) in sorted(per.items()) if at >= since}
+
+    def verdict(self, model: str, version: str | None) -> dict[str, Any]:
+        """The verdict on ``version`` (default: the canary, else the champion).
+
+        ``ok | alert | rollback`` from the rules, ``inconclusive`` when the
+        version is configured but no rule has enough of its data, ``alert`` (with
+        ``unmonitored: true``) when its events are being refused. Raises
+        :class:`VerdictError` for an unknown model or a version that is neither
+        the champion nor the canary (nothing monitors it: never ``ok``).
+        """
         engine = self._engine()
         roles = engine.roles.get(model) if engine else None
         if roles is None:
@@ -328,21 +381,71 @@ class DecisionLayer:
                                                         else {})}
                           for m in self.settings.models if m.name == model), None)
         if roles is None:
-            return None
+            raise VerdictError("unknown_model", f"model {model!r} is not configured")
         v = version or roles.get("canary") or roles["champion"]
         verdict, active, firing = self.policy.verdict(model, v)
-        states = [s.as_dict() for s in self.policy.states.values()
-                  if s.model == model and s.version == v]
+        states = [s for s in self.policy.states.values() if s.model == model and s.version == v]
         role = next((r for r, ver in roles.items() if ver == v), "other")
+        if role == "other" and not active:
+            known = ", ".join(f"{r} {ver!r}" for r, ver in sorted(roles.items()))
+            raise VerdictError("unknown_version",
+                               f"version {v!r} of model {model!r} is neither its champion "
+                               f"nor its canary ({known}): nothing monitors it")
+        refused = self._refusals(model, v)
+        st = engine.versions.get((model, v)) if engine is not None else None
+        reason: str | None = None
+        if refused:
+            reason = (f"events of {model} {v} are being refused ("
+                      + ", ".join(f"{r}: {n}" for r, n in refused.items())
+                      + "): it is not monitored")
+            if verdict == "ok":
+                verdict = "alert"
+        elif verdict == "ok":
+            if st is None or st.predictions_total == 0:
+                verdict, reason = "inconclusive", f"no accepted events of {model} {v} yet"
+            elif not states:
+                verdict, reason = "inconclusive", f"no rule applies to {model} {v}"
+            elif all(s.status == "insufficient_data" for s in states):
+                verdict, reason = ("inconclusive",
+                                   f"no rule has enough data on {model} {v} yet")
         return _clean_doc({
             "model": model, "version": v, "role": role, "verdict": verdict,
             "rollback": verdict == "rollback",
+            "unmonitored": bool(refused),
+            "reason": reason,
+            "refused": refused,
             "decisions": [d.as_dict() for d in active],
             "firing_rules": [s.rule for s in firing],
-            "rules": states,
+            "rules": [s.as_dict() for s in states],
             "evaluated_at": self.last_evaluated_at,
             "config_hash": self.config_hash,
         })
+
+    # ------------------------------------------------------ failed auth
+    def note_auth_failure(self, route: str, reason: str, remote: str | None = None) -> None:
+        """Count a failed admin authentication; sample it into the audit log.
+
+        At most one audit record per route per :data:`AUTH_AUDIT_INTERVAL_S`,
+        carrying how many failures (per reason) it stands for.
+        """
+        self.auth_failures[route] += 1
+        pending = self._auth_pending.setdefault(route, Counter())
+        pending[reason] += 1
+        now = self.clock()
+        last = self._auth_audited_at.get(route)
+        if last is None or now - last >= AUTH_AUDIT_INTERVAL_S:
+            self._flush_auth(route, now, remote)
+
+    def _flush_auth(self, route: str, now: float, remote: str | None = None) -> None:
+        pending = self._auth_pending.pop(route, None)
+        if not pending:
+            return
+        since = self._auth_audited_at.get(route)
+        self._auth_audited_at[route] = now
+        self.audit.append("auth_failure", {
+            "route": route, "count": sum(pending.values()), "reasons": dict(pending),
+            "since": since, "last_remote": remote,
+            "sampling": f"at most one record per {AUTH_AUDIT_INTERVAL_S:g} s per route"})
 
     # -------------------------------------------------------------- metrics
     def metrics(self) -> Iterable[Metric]:
@@ -394,6 +497,12 @@ class DecisionLayer:
                     for name in ("ok", "alert", "rollback"):
                         verdict.add_metric([model, version, name], 1.0 if v == name else 0.0)
         yield verdict
+        auth = CounterMetricFamily("driftgate_http_auth_failures", "Requests to the admin "
+                                   "API refused for a missing, malformed or wrong bearer "
+                                   "token, per route.", labels=["route"])
+        for route, n in sorted(self.auth_failures.items()):
+            auth.add_metric([route], n)
+        yield auth
         audit = GaugeMetricFamily("driftgate_audit_records", "Records in the audit log.")
         audit.add_metric([], self.audit.seq)
         yield audit

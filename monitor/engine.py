@@ -59,7 +59,7 @@ from detectors import (
     psi,
 )
 from detectors.kpi import FraudKPIs
-from monitor.codec import DecodedBatch, LabelColumns, PredictionColumns
+from monitor.codec import DecodedBatch, LabelColumns, PredictionColumns, VersionSlots
 from monitor.config import Settings
 from monitor.dedupe import SeenIds, decode_ids, encode_ids, hash_ids
 from monitor.reports import SliceReservoir
@@ -249,6 +249,8 @@ class Engine:
         self._evaluation: Evaluation | None = None
         self._dirty = True
         self._unstamped_orphans = False
+        # the codec's cardinality caps, once a batch decoded under them arrives
+        self.slots: VersionSlots | None = None
 
     # -------------------------------------------------------------- reference
     def _check_reference(self, reference: ReferenceProfile) -> None:
@@ -286,7 +288,35 @@ class Engine:
         if champion == canary:
             raise ValueError(f"canary must differ from champion, both are {champion!r}")
         self.roles[model] = {"champion": champion, **({"canary": canary} if canary else {})}
+        if self.slots is not None:
+            # the new champion and canary get reserved slots now (junk is evicted)
+            self.slots.reserve(model, set(self.roles[model].values()))
+            self.release_versions(self.slots.drain_released())
         self._dirty = True
+
+    def follow_slots(self, slots: VersionSlots) -> None:
+        """Keep state only for the (model, version) pairs ``slots`` holds: the
+        roles get reserved slots there, and state kept from before (restored
+        from a store) takes a slot or goes."""
+        self.slots = slots
+        for model, roles in self.roles.items():
+            slots.reserve(model, set(roles.values()))
+        for key in list(self.versions):
+            if not slots.holds(*key) and slots.admit(*key) is not None:
+                self.release_versions([key])
+        self.release_versions(slots.drain_released())
+
+    def release_versions(self, keys: list[tuple[str, str]]) -> None:
+        """Forget released versions: their windows, counters and series go;
+        their slices expire from a state store at the next :meth:`delta`; labels
+        that later meet their pending predictions are counted as
+        ``driftgate_join_evictions_total{reason="released"}``."""
+        for key in keys:
+            if self.versions.pop(key, None) is not None:
+                self._dirty = True
+        if keys:
+            gone = set(keys)
+            self.touched = {t for t in self.touched if (t[0], t[1]) not in gone}
 
     def role_of(self, model: str, version: str) -> str:
         roles = self.roles.get(model, {})
@@ -343,10 +373,15 @@ class Engine:
     def process(self, batch: DecodedBatch) -> BatchStats:
         """Apply one decoded batch: predictions first, then labels."""
         stats = BatchStats()
+        if batch.slots is not None and batch.slots is not self.slots:
+            self.follow_slots(batch.slots)
         if len(batch.predictions):
             self._process_predictions(batch.predictions, stats)
         if len(batch.labels):
             self._process_labels(batch.labels, stats)
+        if self.slots is not None:
+            # after the batch: a version evicted while it was decoded goes too
+            self.release_versions(self.slots.drain_released())
         self._expire()
         self._dirty = True
         return stats
@@ -682,8 +717,11 @@ class Engine:
         the label and its amount."""
         for vi in dict.fromkeys(vis.tolist()):
             key = self._vkeys[vi]
-            st = self.state(*key)
             rows = np.flatnonzero(vis == vi)
+            if self.slots is not None and not self.slots.holds(*key):
+                self.evictions["released"] += rows.size  # the version's slot was released
+                continue
+            st = self.state(*key)
             sid = sids[rows]
             d = decisions[rows]
             y = labels[rows]
@@ -1139,6 +1177,10 @@ class Engine:
     def _states_from(self, slices: dict[tuple[str, str, str, int], list[bytes]],
                      counters: dict[str, float], target: dict[tuple[str, str], VersionState],
                      head: int | None) -> None:
+        if head is None and slices:
+            # no watermark stored yet: the windows end at the newest slice (the
+            # slices ahead of a watermark are not told apart)
+            head = max(sid for _, _, _, sid in slices)
         for (m, v, kind, sid), blobs in slices.items():
             st = target.get((m, v))
             if st is None:
@@ -1219,6 +1261,8 @@ class Engine:
         self._states_from({k: [b] for k, b in slices.items()}, counters, self.versions, head)
         for (m, v, kind, sid) in slices:
             self._written.setdefault((m, v, kind), set()).add(sid)
+        if self.slots is not None:  # what was stored is held to the caps again
+            self.follow_slots(self.slots)
         self._dirty = True
 
     def set_global(self, slices: dict[tuple[str, str, str, int], list[bytes]],

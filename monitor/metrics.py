@@ -25,9 +25,37 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from monitor.codec import VersionSlots
+from monitor.config import Settings
 from monitor.engine import Engine
 
-__all__ = ["EngineCollector", "ServiceMetrics", "SourceStatus"]
+__all__ = ["EngineCollector", "ServiceMetrics", "SourceStatus", "max_series"]
+
+#: series without a model or version label (reference, invalid events by kind
+#: and reason, join, dedupe, histograms, webhooks, HTTP, ...), with room to spare
+FIXED_SERIES = 600
+
+
+def max_series(settings: Settings, partitions: int = 16) -> int:
+    """An upper bound on the series one instance exports, from the caps.
+
+    ``F = features + 1`` (the score); ``P`` = the most (model, version) pairs
+    holding a slot (:attr:`monitor.codec.VersionSlots.max_pairs`); ``M`` =
+    configured models; ``R`` = rules. Per version: 15 counters and gauges
+    (events by kind, late, late labels, window, confusion cells, ADWIN
+    detections, mean and width per stream), ``3 F`` divergences against the
+    reference and 16 KPI series. Per configured model: 2 roles, ``3 F``
+    canary-vs-champion divergences, 6 KPI tests, 6 verdicts, and per rule and
+    role version 8 rule series (4 states, value, decisions). Plus 3 per
+    predictions partition (lag of both topics, watermark) and
+    :data:`FIXED_SERIES`.
+    """
+    f = len(settings.features.numeric) + len(settings.features.categorical) + 1
+    per_version = 15 + 3 * f + 16
+    m = len(settings.models)
+    per_model = 2 + 3 * f + 6 + 6 + len(settings.rules) * 2 * 8
+    return (VersionSlots(settings).max_pairs * per_version + m * per_model
+            + 3 * partitions + FIXED_SERIES)
 
 KPI_NAMES = ("catch_rate", "precision", "alert_rate", "amount_weighted_catch_rate")
 
@@ -162,7 +190,7 @@ class EngineCollector(Collector):
         evict = CounterMetricFamily("driftgate_join_evictions",
                                     "Predictions evicted from the join buffer unlabelled.",
                                     labels=["reason"])
-        for reason in ("ttl", "capacity"):
+        for reason in ("ttl", "capacity", "released"):
             evict.add_metric([reason], eng.evictions[reason])
         yield evict
         unmatched = CounterMetricFamily("driftgate_unmatched_labels",

@@ -25,7 +25,7 @@ from monitor.sources import (
 )
 from monitor.state import RedisStore, StateStore
 
-__all__ = ["load_reference", "make_source", "run_service"]
+__all__ = ["load_reference", "make_source", "run_service", "watch_refusals"]
 
 log = structlog.get_logger("driftgate.runner")
 
@@ -68,12 +68,34 @@ def make_source(settings: Settings, replay_file: Path | None = None) -> Source:
     return KafkaSource(settings.kafka)
 
 
+def watch_refusals(service: Service, layer: DecisionLayer) -> None:
+    """Tell ``layer`` when the codec refuses a (model, version) its cardinality
+    caps do not admit, so that a refused champion or canary is reported as
+    unmonitored instead of ``ok``."""
+    admit = getattr(service.codec, "_admit", None)
+    if admit is None:
+        return
+
+    def watched(model: str, version: str) -> Any:
+        why = admit(model, version)
+        if why is not None:
+            layer.note_refused(model, version, str(why[0]))
+        return why
+
+    service.codec._admit = watched  # type: ignore[method-assign]
+
+
 async def run_service(settings: Settings, source: Source | None = None,
                       dead_letters: DeadLetterSink | None = None,
                       install_signals: bool = True, until_exhausted: bool = False,
                       serve_http: bool = True,
                       started: Callable[[Service], None] | None = None) -> Service:
-    """Run the service until SIGTERM/SIGINT (or the source runs out)."""
+    """Run the service until SIGTERM/SIGINT (or the source runs out).
+
+    Everything is built (and the configuration checked) before anything is
+    opened; whatever was opened is closed on every way out, start-up errors
+    included.
+    """
     src = source if source is not None else make_source(settings)
     sink: Any = dead_letters
     own_sink = False
@@ -83,8 +105,6 @@ async def run_service(settings: Settings, source: Source | None = None,
         else:
             sink = KafkaDeadLetterSink(settings.kafka)
             own_sink = True
-    if own_sink:
-        await sink.start()
     store = make_store(settings)
     service = Service(settings, src, sink, load_reference(settings), store=store,
                       instance_id=settings.state.instance_id)
@@ -99,15 +119,22 @@ async def run_service(settings: Settings, source: Source | None = None,
 
     layer = DecisionLayer(settings, lambda: service.engine, publish=publish,
                           claim=store.claim if store is not None else None)
+    watch_refusals(service, layer)
     service.tick_handlers.append(layer.on_tick)
     service.extra_metrics.append(layer.metrics)
     service.decisions = layer
     loop = asyncio.get_running_loop()
-    if install_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, service.stopping.set)
     runner = None
+    sink_started = False
+    signals_installed = False
     try:
+        if own_sink:
+            sink_started = True  # a half-started producer is stopped too
+            await sink.start()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, service.stopping.set)
+            signals_installed = True
         if serve_http:
             runner, port = await start_http(
                 build_app(service, decision_routes(service, layer)), settings.http.host,
@@ -122,9 +149,9 @@ async def run_service(settings: Settings, source: Source | None = None,
         await layer.aclose()
         if runner is not None:
             await runner.cleanup()
-        if own_sink:
+        if sink_started:
             await sink.stop()
-        if install_signals:
+        if signals_installed:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
     return service

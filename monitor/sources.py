@@ -532,8 +532,13 @@ class KafkaSource:
         from aiokafka import TopicPartition as KafkaTP
 
         for t, p in self._assigned:
-            hw = consumer.highwater(KafkaTP(t, p))
-            pos = after.get((t, p), self._processed.get((t, p), self._committed.get((t, p))))
+            ktp = KafkaTP(t, p)
+            hw = consumer.highwater(ktp)
+            pos = after.get((t, p))
+            if pos is None:  # not in this batch: where the consumer stands
+                pos = _consumer_position(consumer, ktp)
+            if pos is None:
+                pos = self._processed.get((t, p), self._committed.get((t, p)))
             if hw is not None and pos is not None and pos >= hw:
                 out.add((t, p))
         return out
@@ -556,6 +561,18 @@ class KafkaSource:
     @property
     def committed(self) -> dict[TopicPartition, int]:
         return dict(self._committed)
+
+
+def _consumer_position(consumer: Any, tp: Any) -> int | None:
+    """The consumer's position on ``tp`` (the offset of the next record it will
+    return), without waiting: ``None`` while unknown (e.g. a partition still to
+    be sought). ``AIOKafkaConsumer.position`` is a coroutine that waits for it;
+    this reads the same assignment state that ``highwater`` reads."""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        return int(state.position) if state is not None and state.has_valid_position else None
+    except Exception:  # not assigned any more, or an aiokafka without this state
+        return None
 
 
 class ReplaySource:

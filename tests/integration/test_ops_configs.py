@@ -304,6 +304,8 @@ REQUIRED_ALERTS = {
     "DriftgateUndecodableBatches": ("driftgate_skipped_batches_total", "increase("),
     "DriftgateFutureTimestamps": ('driftgate_invalid_events_total{reason="future_timestamp"}',
                                   "increase(", "unless", "offset 15m"),
+    "DriftgateCardinalityRefusals": ("driftgate_invalid_events_total", "too_many_versions",
+                                     "too_many_models", "unknown_model"),
     "DriftgateDedupeMemoryFull": ("increase(driftgate_dedupe_evictions_total[15m])",
                                   "unless", "offset 15m"),
     "DriftgateWebhookDeliveryFailures": ("driftgate_webhook_deliveries_total",),

@@ -114,10 +114,21 @@ ALLOWED_EMPTY = {
     "rule DriftgateConsumerLagHigh": (
         "needs a consumer more than 50000 records behind on a partition; the test "
         "produces ~2000 records/s that the service keeps up with"),
+    "rule DriftgateUndecodableBatches": (
+        "needs a record batch that cannot be decoded on the wire (a CRC mismatch or a "
+        "wrong codec flag, written with a raw ProduceRequest): "
+        "tests/integration/test_codecs.py does that against the broker, and promtool's "
+        "unit tests cover the rule"),
+    "rule DriftgateDedupeMemoryFull": (
+        "needs the dedupe memory to reach dedupe.max_ids (at least 1,000) within the "
+        "horizon, which evicts the ids the duplicate checks of this test rely on; "
+        "tests/unit/test_metrics_http.py and promtool's unit tests cover it"),
 }
 QUIET_PROBES = {
     "rule DriftgateNotReady": f'driftgate_ready{{job="{JOB}"}} == 1',
     "rule DriftgateConsumerLagHigh": "instance_topic:driftgate_consumer_lag:max >= 0",
+    "rule DriftgateUndecodableBatches": f'driftgate_skipped_batches_total{{job="{JOB}"}} >= 0',
+    "rule DriftgateDedupeMemoryFull": f'driftgate_dedupe_evictions_total{{job="{JOB}"}} >= 0',
 }
 
 # Expressions that return no data because of a driftgate bug, not because of
@@ -195,6 +206,10 @@ def _invalid_records(n: int) -> list[tuple[str, bytes]]:
         ("prediction", json.dumps({"event_id": f"bad-{n}"}).encode()),
         ("prediction", json.dumps({**good, "score": 1.7}).encode()),
         ("prediction", b"[1, 2, 3]"),
+        # a producer clock ten years ahead: future_timestamp (DriftgateFutureTimestamps)
+        ("prediction", json.dumps({**good, "ts": time.time() + 10 * 365 * 86_400}).encode()),
+        # a model nobody configured: unknown_model (DriftgateCardinalityRefusals)
+        ("prediction", json.dumps({**good, "model": f"junk-model-{n}"}).encode()),
         ("label", json.dumps({"event_id": f"bad-{n}", "label": 7}).encode()),
         ("label", b"\xff\xfe not utf-8"),
         ("label", json.dumps({"label": 1}).encode()),

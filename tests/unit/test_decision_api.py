@@ -100,7 +100,16 @@ async def test_admin_without_the_token_is_401_and_changes_nothing(tmp_path: Path
             assert r.status == 401, path
         assert service.engine.roles[MODEL] == roles_before
         assert layer.policy.verdict(MODEL, "v2")[0] == "rollback"
-        assert layer.audit.seq == audit_before
+        # only the (rate-limited) sample of failed authentications is audited
+        records = [json.loads(line) for line in
+                   Path(service.settings.audit.path).read_text().splitlines()]
+        new = records[audit_before:]
+        assert [r["kind"] for r in new] == ["auth_failure"] * 3
+        assert {r["route"] for r in new} == {
+            "/v1/admin/roles", "/v1/admin/decisions/{decision_id}/ack",
+            "/v1/admin/reference/reload"}
+        assert TOKEN not in "".join(json.dumps(r) for r in new)
+        assert layer.auth_failures["/v1/admin/roles"] == 1
     finally:
         await client.close()
 
@@ -123,7 +132,8 @@ async def test_admin_with_the_token(tmp_path: Path) -> None:
         bad = await client.post("/v1/admin/roles", headers=headers,
                                 json={"model": MODEL, "champion": "v4", "canary": "v4"})
         assert bad.status == 400
-        assert "canary must differ" in (await bad.json())["error"]
+        assert (await bad.json())["error"] == "bad_roles"
+        assert "canary must differ" in (await bad.json())["detail"]
         r = await client.post("/v1/admin/reference/reload", headers=headers)
         assert r.status == 200
         assert (await r.json())["reference_hash"] == service.engine.reference.content_hash
@@ -216,3 +226,301 @@ async def test_two_rollback_rules_firing_in_one_tick_send_exactly_one(tmp_path: 
         await layer.aclose()
     finally:
         await router.stop()
+
+
+# ---------------------------------------------------------------------------
+# fail-safe verdicts, hostile input, token rotation (issue 12)
+# ---------------------------------------------------------------------------
+
+
+async def _raw(client: TestClient[Any, Any], request: bytes) -> tuple[int, dict[str, Any]]:
+    """Send raw bytes (headers the aiohttp client will not write); status and JSON."""
+    import asyncio
+
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    try:
+        doc = json.loads(body) if body else {}
+    except ValueError:
+        doc = {"raw": body.decode("latin-1")}
+    return status, doc
+
+
+async def test_verdicts_never_fail_open(tmp_path: Path) -> None:
+    client, _service, layer = await _client(tmp_path, False)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        # unknown model / a version that is neither champion nor canary: 404, never ok
+        for params, code in (({"model": "nope"}, "unknown_model"),
+                             ({"model": MODEL, "version": "v2-typo"}, "unknown_version")):
+            r = await client.get("/v1/verdict", params=params)
+            assert r.status == 404
+            doc = await r.json()
+            assert doc["error"] == code
+            assert doc["detail"]
+            # Flagger rolls back on 2xx only: an unknown target is rolled back
+            f = await client.post("/v1/flagger/rollback", json={"metadata": params})
+            assert f.status == 200
+            fd = await f.json()
+            assert fd["verdict"] == "rollback"
+            assert fd["unmonitored"] is True
+            assert fd["error"] == code
+        # no model at all: not monitored either
+        assert (await client.post("/v1/flagger/rollback", json={"name": "x"})).status == 200
+        # a configured canary without data yet: inconclusive, and Flagger waits (409)
+        r = await client.post("/v1/admin/roles", headers=headers,
+                              json={"model": MODEL, "champion": "v1", "canary": "v3"})
+        assert r.status == 200
+        doc = await (await client.get("/v1/verdict", params={"model": MODEL})).json()
+        assert doc["version"] == "v3"
+        assert doc["verdict"] == "inconclusive"
+        assert "no accepted events" in doc["reason"]
+        assert (await client.post("/v1/flagger/rollback",
+                                  json={"metadata": {"model": MODEL}})).status == 409
+        # its events being refused: alert, unmonitored, and Flagger rolls back
+        layer.note_refused(MODEL, "v3", "too_many_versions")
+        layer.note_refused(MODEL, "junk-1", "too_many_versions")  # not a role: not kept
+        assert list(layer.refused) == [(MODEL, "v3")]
+        doc = await (await client.get("/v1/verdict", params={"model": MODEL})).json()
+        assert doc["verdict"] == "alert"
+        assert doc["unmonitored"] is True
+        assert doc["refused"] == {"too_many_versions": 1}
+        assert "too_many_versions" in doc["reason"]
+        f = await client.post("/v1/flagger/rollback", json={"metadata": {"model": MODEL}})
+        assert f.status == 200
+        # the champion, with data and rules that have enough of it, stays ok
+        ok = await (await client.get("/v1/verdict", params={"model": MODEL,
+                                                            "version": "v1"})).json()
+        assert ok["verdict"] in ("ok", "inconclusive")
+        assert ok["unmonitored"] is False
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), [
+    ("get", "/v1/verdict", {"params": [("model", MODEL), ("model", "x")]}, 400, "bad_query"),
+    ("get", "/v1/verdict", {"params": {"model": ""}}, 400, "bad_field"),
+    ("get", "/v1/verdict", {"params": {"model": "x" * 500}}, 400, "bad_field"),
+    ("get", "/v1/verdict", {"params": {"model": MODEL, "version": "a\x00b"}}, 400,
+     "bad_field"),
+    ("get", "/v1/verdict", {}, 400, "missing_query"),
+    ("post", "/v1/flagger/rollback", {"data": b"{oops"}, 400, "bad_json"),
+    ("post", "/v1/flagger/rollback", {"data": b"[" * 200_000 + b"]" * 200_000}, 400,
+     "too_deep"),
+    ("post", "/v1/flagger/rollback", {"data": b'{"a": 1}', "headers": {
+        "Content-Type": "application/json; charset=klingon"}}, 415, "unsupported_charset"),
+    ("post", "/v1/flagger/rollback", {"data": b'{"a": 1}', "headers": {
+        "Content-Type": "application/json; charset=latin-1"}}, 415, "unsupported_charset"),
+    ("post", "/v1/flagger/rollback", {"data": b'{"metadata": "\xff"}'}, 400, "bad_encoding"),
+    ("post", "/v1/flagger/rollback", {"json": {"metadata": "card-fraud"}}, 400,
+     "bad_metadata"),
+    ("post", "/v1/flagger/rollback", {"json": {"metadata": [1]}}, 400, "bad_metadata"),
+    ("post", "/v1/flagger/rollback", {"json": [1, 2]}, 400, "bad_body"),
+    ("post", "/v1/flagger/rollback", {"json": {"metadata": {"model": [MODEL]}}}, 400,
+     "bad_field"),
+    ("post", "/v1/flagger/rollback", {"json": {"metadata": {"model": {"a": 1}}}}, 400,
+     "bad_field"),
+    ("post", "/v1/flagger/rollback", {"json": {"metadata": {"model": MODEL,
+                                                            "version": 3}}}, 400, "bad_field"),
+    ("post", "/v1/flagger/rollback", {"data": b"x" * (2 << 20)}, 413, "payload_too_large"),
+    ("post", "/v1/flagger/rollback", {"data": b"{}", "headers": {
+        "Content-Encoding": "br"}}, 415, "unsupported_content_encoding"),
+    ("post", "/v1/flagger/rollback", {"data": b"not gzip", "headers": {
+        "Content-Encoding": "gzip"}}, 400, "bad_compressed_body"),
+    ("post", "/v1/admin/roles", {"json": {"model": [MODEL], "champion": "v1"},
+                                 "headers": {"Authorization": f"Bearer {TOKEN}"}}, 400,
+     "bad_field"),
+    ("post", "/v1/admin/roles", {"json": {"model": MODEL, "champion": {"v": 1}},
+                                 "headers": {"Authorization": f"Bearer {TOKEN}"}}, 400,
+     "bad_field"),
+    ("post", "/v1/admin/roles", {"json": {"model": "nope", "champion": "v1"},
+                                 "headers": {"Authorization": f"Bearer {TOKEN}"}}, 404,
+     "unknown_model"),
+    ("post", "/v1/admin/roles", {"data": b"",
+                                 "headers": {"Authorization": f"Bearer {TOKEN}"}}, 400,
+     "missing_body"),
+    ("get", "/v1/nope", {}, 404, "not_found"),
+    ("delete", "/v1/verdict", {}, 405, "method_not_allowed"),
+])
+async def test_bad_requests_get_a_json_4xx_and_one_warning_line(
+        tmp_path: Path, method: str, path: str, kwargs: dict[str, Any], status: int,
+        code: str) -> None:
+    from structlog.testing import capture_logs
+
+    client, _, _ = await _client(tmp_path, False)
+    try:
+        with capture_logs() as logs:
+            r = await client.request(method.upper(), path, **kwargs)
+            doc = await r.json()
+        assert r.status == status, doc
+        assert doc["error"] == code
+        assert isinstance(doc["detail"], str)
+        assert doc["detail"]
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert len(warnings) == 1
+        assert warnings[0]["status"] == status
+        assert not [e for e in logs if e["log_level"] in ("error", "critical")]
+        assert not any("exc_info" in e or "traceback" in e for e in logs)
+    finally:
+        await client.close()
+
+
+async def test_gzip_bomb_is_refused_without_inflating_it(tmp_path: Path) -> None:
+    import gzip
+    import time
+
+    client, _, _ = await _client(tmp_path, False)
+    bomb = gzip.compress(b"\0" * (200 << 20), 9)  # ~200 KB that inflates to 200 MiB
+    small = gzip.compress(json.dumps({"metadata": {"model": MODEL}}).encode())
+    try:
+        t0 = time.perf_counter()
+        r = await client.post("/v1/flagger/rollback", data=bomb,
+                              headers={"Content-Encoding": "gzip"})
+        took = time.perf_counter() - t0
+        assert r.status == 413
+        assert (await r.json())["error"] == "payload_too_large"
+        assert took < 0.5, took
+        # a small gzip body is inflated and read
+        r = await client.post("/v1/flagger/rollback", data=small,
+                              headers={"Content-Encoding": "gzip"})
+        assert r.status in (200, 409)
+        assert (await r.json())["model"] == MODEL
+    finally:
+        await client.close()
+
+
+async def test_credentials_never_reach_the_log(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    from structlog.testing import capture_logs
+
+    client, _, layer = await _client(tmp_path, False)
+    host = f"Host: {client.server.host}\r\n".encode()
+    try:
+        with capture_logs() as logs:
+            # a header aiohttp's parser rejects, the admin token in it
+            status, _ = await _raw(client, b"POST /v1/admin/roles HTTP/1.1\r\n" + host
+                                   + f"Authorization: Bearer {TOKEN}\x01\r\n".encode()
+                                   + b"Content-Length: 0\r\n\r\n")
+            assert status == 400
+            # a non-UTF-8 Authorization header: 401, counted, no 500
+            status, doc = await _raw(client, b"POST /v1/admin/roles HTTP/1.1\r\n" + host
+                                     + b"Authorization: Bearer \xff\xfe" + TOKEN.encode()
+                                     + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+                                       b"{}")
+            assert status == 401
+            assert doc["error"] == "unauthorized"
+            # a wrong token
+            r = await client.post("/v1/admin/roles", json={},
+                                  headers={"Authorization": f"Bearer {TOKEN}x"})
+            assert r.status == 401
+        text = json.dumps(logs, default=str) + caplog.text
+        assert TOKEN not in text
+        assert "[REDACTED]" in text
+        assert any(e["event"] == "http request refused by the parser"
+                   and e["log_level"] == "warning" for e in logs)
+        assert not any("traceback" in e for e in logs)
+        assert layer.auth_failures["/v1/admin/roles"] == 2
+        fams = {m.name: m for m in layer.metrics()}
+        samples = {s.labels["route"]: s.value
+                   for s in fams["driftgate_http_auth_failures"].samples
+                   if s.name.endswith("_total")}
+        assert samples["/v1/admin/roles"] == 2
+        assert samples["/v1/admin/reference/reload"] == 0
+    finally:
+        await client.close()
+
+
+async def test_auth_failures_are_sampled_into_the_audit_log(tmp_path: Path) -> None:
+    client, service, layer = await _client(tmp_path, False)
+    now = [1_800_000_000.0]
+    layer.clock = lambda: now[0]
+    try:
+        for _ in range(5):
+            r = await client.post("/v1/admin/reference/reload",
+                                  headers={"Authorization": "Bearer nope"})
+            assert r.status == 401
+        now[0] += 61
+        assert (await client.post("/v1/admin/reference/reload")).status == 401
+
+        def audited() -> list[dict[str, Any]]:
+            return [json.loads(x) for x in Path(service.settings.audit.path).read_text()
+                    .splitlines() if json.loads(x)["kind"] == "auth_failure"]
+
+        recs = audited()
+        assert [r["count"] for r in recs] == [1, 5]
+        assert recs[1]["reasons"] == {"wrong_token": 4, "missing": 1}
+        r = await client.post("/v1/admin/reference/reload")
+        await layer.aclose()  # what is pending is flushed on shutdown
+        assert [r["count"] for r in audited()] == [1, 5, 1]
+    finally:
+        await client.close()
+
+
+def test_admin_tokens_rotate_without_restart(tmp_path: Path) -> None:
+    from monitor.config import AdminSettings
+    from monitor.http import AdminTokens
+
+    path = tmp_path / "token"
+    path.write_text("old-token\n")
+    now = [0.0]
+    tokens = AdminTokens(AdminSettings(token_file=path), clock=lambda: now[0])
+    assert tokens.check(b"old-token")
+    assert not tokens.check(b"new-token")
+    path.write_text("old-token\nnew-token\n# a comment\n\n")
+    assert not tokens.check(b"new-token")  # looked at no more than once a second
+    now[0] += 1.0
+    assert tokens.check(b"new-token")
+    assert tokens.check(b"old-token")
+    assert not tokens.check(b"# a comment")
+    path.write_text("new-token\n")
+    now[0] += 1.0
+    assert tokens.check(b"new-token")
+    assert not tokens.check(b"old-token")
+    assert tokens.reloads == 2
+    path.unlink()  # fails closed
+    now[0] += 1.0
+    assert not tokens.check(b"new-token")
+    path.write_text("back\n")
+    now[0] += 1.0
+    assert tokens.check(b"back")
+
+
+async def test_admin_token_file_rotation_over_http(tmp_path: Path) -> None:
+    import asyncio
+
+    settings, ref = _settings(tmp_path)
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("first-token\n")
+    settings = settings.model_copy(update={"admin": settings.admin.model_copy(
+        update={"token": None, "token_file": token_file})})
+    (tmp_path / "none.jsonl").write_text("")
+    service = Service(settings, ReplaySource(tmp_path / "none.jsonl", "p", "l"),
+                      MemoryDeadLetterSink(), ref)
+    layer = DecisionLayer(settings, lambda: service.engine)
+    client = TestClient(TestServer(build_app(service, decision_routes(service, layer))))
+    await client.start_server()
+
+    async def status(token: str) -> int:
+        r = await client.post("/v1/admin/decisions/dec_x/ack",
+                              headers={"Authorization": f"Bearer {token}"})
+        return r.status
+
+    try:
+        assert await status("first-token") == 404  # authorized; no such decision
+        token_file.write_text("first-token\nsecond-token\n")
+        await asyncio.sleep(1.05)
+        assert await status("second-token") == 404
+        assert await status("first-token") == 404
+        token_file.write_text("second-token\n")
+        await asyncio.sleep(1.05)
+        assert await status("first-token") == 401
+        assert await status("second-token") == 404
+    finally:
+        await client.close()
+        await layer.aclose()

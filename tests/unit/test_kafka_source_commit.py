@@ -68,3 +68,52 @@ def test_a_failed_fetch_is_named_as_such() -> None:
         asyncio.run(src.poll(0.01))
     assert [e["event"] for e in logs] == ["fetch failed; retrying"]
     assert src.committed == {("predictions", 0): 10}
+
+
+class _State:
+    def __init__(self, position: int | None) -> None:
+        self.has_valid_position = position is not None
+        self.position = position
+
+
+class _Assignment:
+    def __init__(self, positions: dict[Any, int | None]) -> None:
+        self.positions = positions
+
+    def state_value(self, tp: Any) -> _State:
+        return _State(self.positions[(tp.topic, tp.partition)])
+
+
+class PositionConsumer:
+    """Highwater and position as aiokafka keeps them per assigned partition."""
+
+    def __init__(self, highwater: dict[Any, int | None], positions: dict[Any, int | None]
+                 ) -> None:
+        self._highwater = highwater
+
+        class _Sub:
+            pass
+
+        self._subscription = _Sub()
+        self._subscription.subscription = _Sub()  # type: ignore[attr-defined]
+        self._subscription.subscription.assignment = _Assignment(positions)  # type: ignore[attr-defined]
+
+    def highwater(self, tp: Any) -> int | None:
+        return self._highwater[(tp.topic, tp.partition)]
+
+
+def test_caught_up_partitions_are_those_at_their_high_watermark() -> None:
+    p = "predictions"
+    src = KafkaSource(KafkaSettings())
+    src._assigned = {(p, 0), (p, 1), (p, 2), (p, 3), (p, 4)}
+    src._consumer = PositionConsumer(
+        # 0: read to the end; 1: records waiting; 2: nothing fetched yet;
+        # 3: position not known yet (being sought); 4: an empty partition
+        {(p, 0): 100, (p, 1): 100, (p, 2): None, (p, 3): 50, (p, 4): 0},
+        {(p, 0): 100, (p, 1): 60, (p, 2): 0, (p, 3): None, (p, 4): 0})
+    assert src.caught_up({}) == {(p, 0), (p, 4)}
+    # the batch in hand takes partition 1 to its end
+    assert src.caught_up({(p, 1): 100}) == {(p, 0), (p, 1), (p, 4)}
+    # position unknown: what was processed decides
+    src._processed = {(p, 3): 50}
+    assert (p, 3) in src.caught_up({})

@@ -25,12 +25,12 @@ from monitor.traffic import TrafficGenerator
 from tests.support import MODEL, fit_reference, write_config
 
 
-def _service(tmp_path: Path) -> Service:
+def _service(tmp_path: Path, **sections: Any) -> Service:
     ref = fit_reference()
     (tmp_path / "reference.json").write_text(ref.to_json())
     cfg = write_config(tmp_path / "c.yaml", reference={"path": str(tmp_path / "reference.json")},
                        audit={"path": str(tmp_path / "audit.jsonl"), "fsync": False},
-                       evaluation={"report_sample_size": 3000})
+                       evaluation={"report_sample_size": 3000}, **sections)
     settings = load_settings(cfg)
     (tmp_path / "none.jsonl").write_text("")
     service = Service(settings, ReplaySource(tmp_path / "none.jsonl", "p", "l"),
@@ -182,3 +182,59 @@ def test_reservoir_batches_equal_algorithm_r_row_by_row() -> None:
         np.testing.assert_array_equal(sl.numeric[:sl.filled], ref.numeric[:ref.filled])
         np.testing.assert_array_equal(sl.score[:sl.filled], ref.score[:ref.filled])
         assert sl.categorical[:sl.filled] == ref.categorical[:ref.filled]
+
+
+async def test_concurrent_report_requests_share_one_render_and_the_window_is_cached(
+        tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from monitor.reports import ReportRenderer
+
+    service = _service(tmp_path)
+    eng = service.engine
+    assert eng is not None
+    st = eng.versions[(MODEL, "v2")]
+    assert st.sample is not None
+    sample = st.sample
+    calls: list[int] = []
+
+    def render(inputs: Any) -> tuple[str, dict[str, Any]]:
+        calls.append(1)
+        return "<html></html>", {"rows": int(inputs.score.size)}
+
+    from monitor.reports import report_inputs
+
+    r = ReportRenderer(ThreadPoolExecutor(2), render=render)
+
+    def make() -> Any:
+        return report_inputs(eng.reference, sample, list(eng.reference.numeric.features),
+                             list(eng.reference.categorical.features), "t")
+
+    window = (st.score.bounds, eng.reference.content_hash)
+    try:
+        results = await asyncio.gather(*(r.get((MODEL, "v2"), window, make) for _ in range(8)))
+        assert len(calls) == 1
+        assert all(res == results[0] for res in results)
+        await r.get((MODEL, "v2"), window, make)
+        assert len(calls) == 1  # same window: cached
+        await r.get((MODEL, "v2"), ("next", "window"), make)
+        assert len(calls) == 2  # a new window renders again
+    finally:
+        r.close()
+
+
+async def test_reports_can_require_the_admin_token(tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    service = _service(tmp_path, http={"reports_require_token": True},
+                       admin={"token": "tok"})
+    layer = DecisionLayer(service.settings, lambda: service.engine)
+    client = TestClient(TestServer(build_app(service, decision_routes(service, layer))))
+    await client.start_server()
+    try:
+        r = await client.get(f"/v1/reports/{MODEL}/v9")
+        assert r.status == 401
+        r = await client.get(f"/v1/reports/{MODEL}/v9", headers={"Authorization": "Bearer tok"})
+        assert r.status == 404
+    finally:
+        await client.close()
