@@ -420,6 +420,9 @@ class EventCodec:
     ) -> None:
         self.settings = settings
         self.clock = clock
+        #: called with (model, version, reason, count) for the decoded predictions
+        #: a batch refused (a refused canary is unmonitored: its verdict says so)
+        self.on_refused: Callable[[str, str, str, int], None] | None = None
         #: the cardinality caps (None with a ``version_allowed`` hook)
         self.slots = (slots or VersionSlots(settings, clock)) if version_allowed is None \
             else None
@@ -848,6 +851,10 @@ class EventCodec:
             return cols
         for i in sorted(problems):
             rejected.append(Rejected(recs[i], *problems[i]))
+        if self.on_refused is not None:
+            refused = Counter((model_c[i], version_c[i], why[0]) for i, why in problems.items())
+            for (model, version, reason), k in refused.items():
+                self.on_refused(model, version, reason, k)
         return cols.take(np.flatnonzero(~bad))
 
     def _validate_label(self, ev: Any) -> tuple[str, str] | None:

@@ -343,8 +343,8 @@ class DecisionLayer:
         return payload
 
     # ------------------------------------------------------------ verdicts
-    def note_refused(self, model: str, version: str, reason: str) -> None:
-        """The codec refused events of ``model``/``version`` for ``reason``.
+    def note_refused(self, model: str, version: str, reason: str, n: int = 1) -> None:
+        """The codec refused ``n`` events of ``model``/``version`` for ``reason``.
 
         Kept only for a current champion or canary, so junk versions cannot grow
         it; a refused canary is not monitored, and its verdict says so.
@@ -354,8 +354,8 @@ class DecisionLayer:
         if roles is None or version not in roles.values():
             return
         per = self.refused.setdefault((model, version), {})
-        n, _ = per.get(reason, (0, 0.0))
-        per[reason] = (n + 1, self.clock())
+        seen, _ = per.get(reason, (0, 0.0))
+        per[reason] = (seen + n, self.clock())
 
     def _refusals(self, model: str, version: str) -> dict[str, int]:
         """Reasons ``version``'s events were refused within the drift window."""

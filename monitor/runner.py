@@ -69,20 +69,10 @@ def make_source(settings: Settings, replay_file: Path | None = None) -> Source:
 
 
 def watch_refusals(service: Service, layer: DecisionLayer) -> None:
-    """Tell ``layer`` when the codec refuses a (model, version) its cardinality
-    caps do not admit, so that a refused champion or canary is reported as
-    unmonitored instead of ``ok``."""
-    admit = getattr(service.codec, "_admit", None)
-    if admit is None:
-        return
-
-    def watched(model: str, version: str) -> Any:
-        why = admit(model, version)
-        if why is not None:
-            layer.note_refused(model, version, str(why[0]))
-        return why
-
-    service.codec._admit = watched  # type: ignore[method-assign]
+    """Tell ``layer`` which (model, version) events the codec refuses (any reason:
+    cardinality caps, bad scores, timestamps from the future ...), so that a
+    refused champion or canary is reported as unmonitored instead of ``ok``."""
+    service.codec.on_refused = layer.note_refused
 
 
 async def run_service(settings: Settings, source: Source | None = None,

@@ -560,3 +560,17 @@ def test_arbitrary_json_events_never_raise(codec: EventCodec,
     assert np.all((b.predictions.score >= 0) & (b.predictions.score <= 1))
     assert np.all(np.isfinite(b.predictions.ts))
     assert set(b.labels.label.tolist()) <= {0, 1}
+
+
+def test_refused_predictions_are_reported_per_version(codec: EventCodec) -> None:
+    # the decision layer hears which versions' events are refused, so that a
+    # canary whose events all bounce is reported unmonitored, never "ok"
+    heard: list[tuple[str, str, str, int]] = []
+    codec.on_refused = lambda *a: heard.append(a)
+    batch = codec.decode([P(pred(event_id="a", model_version="v2", score=1.7)),
+                          P(pred(event_id="b", model_version="v2", score=2.0)),
+                          P(pred(event_id="c", model_version="v1")),
+                          P(pred(event_id="d", model_version="v1", score=-1.0))])
+    assert len(batch.predictions) == 1
+    assert sorted(heard) == [(MODEL, "v1", "score_out_of_range", 1),
+                             (MODEL, "v2", "score_out_of_range", 2)]
