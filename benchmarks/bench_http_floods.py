@@ -10,8 +10,9 @@ during each flood:
   HTML; rendered off the event loop, one render per version, cached per window);
 * ``oversized``: 5,000 ``POST /v1/flagger/rollback`` with 2 MiB bodies, 32 at a
   time (500 with ``--quick``);
-* ``gzip_bombs``: ten ``Content-Encoding: gzip`` bodies of ~200 KiB inflating
-  to 200 MiB.
+* ``gzip_bombs``: rounds of ten concurrent ``Content-Encoding: gzip`` bodies
+  of ~200 KiB inflating to 200 MiB, for at least ``BOMB_SECONDS`` (the bomb is
+  compressed before the phase starts).
 
 The last two may be refused (4xx) or have their connection cut: their status
 counts are reported. The server's RSS is read before and after each flood. It
@@ -50,7 +51,8 @@ OVERSIZED = 5000
 OVERSIZED_QUICK = 500
 OVERSIZED_BYTES = 2 * 1024 * 1024
 OVERSIZED_CONCURRENCY = 32
-BOMBS = 10
+BOMBS = 10  # concurrent gzip bombs per round
+BOMB_SECONDS = 3.0  # rounds go on at least this long
 BOMB_INFLATED = 200 * 1024 * 1024
 
 log = stderr_log("bench_http_floods")
@@ -188,14 +190,22 @@ async def _run_floods(base: str, pid: int, quick: bool) -> dict[str, Any]:
             await asyncio.gather(*(one() for _ in range(n)))
         return {"requests": n, "statuses": dict(statuses)}
 
+    # built before its phase: compressing 200 MiB here is client work, not load
+    bomb = gzip.compress(b"0" * BOMB_INFLATED, compresslevel=9)
+
     async def bombs() -> dict[str, Any]:
-        bomb = gzip.compress(b"0" * BOMB_INFLATED, compresslevel=9)
+        # rounds of ten concurrent bombs for at least BOMB_SECONDS, so that /healthz
+        # is sampled a few hundred times while they land
         statuses: Counter[str] = Counter()
+        sent = 0
+        t0 = time.perf_counter()
         async with aiohttp.ClientSession(auto_decompress=False) as session:
-            await asyncio.gather(*(_post(session, url, bomb,
-                                         {**headers, "Content-Encoding": "gzip"}, statuses)
-                                   for _ in range(BOMBS)))
-        return {"requests": BOMBS, "compressed_bytes": len(bomb), "statuses": dict(statuses)}
+            while sent == 0 or time.perf_counter() - t0 < BOMB_SECONDS:
+                await asyncio.gather(*(_post(session, url, bomb,
+                                             {**headers, "Content-Encoding": "gzip"}, statuses)
+                                       for _ in range(BOMBS)))
+                sent += BOMBS
+        return {"requests": sent, "compressed_bytes": len(bomb), "statuses": dict(statuses)}
 
     return {"idle": await _flood(base, pid, "idle", idle),
             "reports": await _flood(base, pid, "reports", reports),
