@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import http.client
-import json
 import os
 import subprocess
 import sys
@@ -62,14 +61,9 @@ def _serve(port: int, workdir: str) -> None:
     """The child process: build the service and serve its HTTP API forever."""
     from aiohttp import web
 
-    from monitor.codec import EventCodec, RawRecord
     from monitor.config import load_settings
-    from monitor.decisions import DecisionLayer
     from monitor.http import build_app, decision_routes
-    from monitor.service import Service
-    from monitor.sources import MemoryDeadLetterSink, ReplaySource
-    from monitor.traffic import TrafficGenerator
-    from tests.support import fit_reference, write_config
+    from tests.support import fit_reference, in_process_service, write_config
 
     tmp = Path(workdir)
     ref = fit_reference()
@@ -78,18 +72,7 @@ def _serve(port: int, workdir: str) -> None:
         tmp / "c.yaml", reference={"path": str(tmp / "reference.json")},
         admin={"token": TOKEN}, audit={"path": str(tmp / "audit.jsonl"), "fsync": False},
         evaluation={"report_sample_size": 3000}))
-    (tmp / "none.jsonl").write_text("")
-    service = Service(settings, ReplaySource(tmp / "none.jsonl", "p", "l"),
-                      MemoryDeadLetterSink(), ref)
-    layer = DecisionLayer(settings, lambda: service.engine)
-    batch = TrafficGenerator(seed=8, canary_share=0.3, bug_at=0.0).generate(
-        12_000, 1_700_000_000.0, 100.0)
-    codec = EventCodec(settings)
-    assert service.engine is not None
-    for start in range(0, 12_000, 3000):
-        service.engine.process(codec.decode(
-            [RawRecord("p", 0, i, json.dumps(p).encode())
-             for i, p in enumerate(batch.predictions[start:start + 3000], start)]))
+    service, layer = in_process_service(tmp, settings, ref, 12_000)
     app = build_app(service, decision_routes(service, layer))
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 

@@ -342,3 +342,33 @@ def assert_divergences_and_kpis(metrics: dict[str, dict[tuple[tuple[str, str], .
         assert got is not None, (version, kpi, bound)
         assert math.isclose(got, value, rel_tol=1e-9, abs_tol=1e-12), \
             (version, kpi, bound, got, value)
+
+
+def in_process_service(tmp: Path, settings: Any, reference: ReferenceProfile,
+                       n_events: int, chunk: int = 3000) -> tuple[Any, Any]:
+    """A Service (no source: an empty replay file) and its DecisionLayer, its
+    engine fed ``n_events`` predictions of a canary broken from the start, in
+    ``chunk``-event batches: an HTTP API with something to answer about."""
+    import json
+
+    from monitor.codec import EventCodec, RawRecord
+    from monitor.decisions import DecisionLayer
+    from monitor.service import Service
+    from monitor.sources import MemoryDeadLetterSink, ReplaySource
+    from monitor.traffic import TrafficGenerator
+
+    (tmp / "none.jsonl").write_text("")
+    service = Service(settings, ReplaySource(tmp / "none.jsonl", "p", "l"),
+                      MemoryDeadLetterSink(), reference)
+    layer = DecisionLayer(settings, lambda: service.engine)
+    batch = TrafficGenerator(seed=8, canary_share=0.3, bug_at=0.0).generate(
+        n_events, 1_700_000_000.0, 100.0)
+    codec = EventCodec(settings)
+    engine = service.engine
+    if engine is None:
+        raise RuntimeError("the service was built without a reference")
+    for start in range(0, n_events, chunk):
+        engine.process(codec.decode(
+            [RawRecord("p", 0, i, json.dumps(p).encode())
+             for i, p in enumerate(batch.predictions[start:start + chunk], start)]))
+    return service, layer

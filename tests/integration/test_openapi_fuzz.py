@@ -14,7 +14,6 @@ refuse requests without it).
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import threading
@@ -28,14 +27,11 @@ import pytest
 from aiohttp import web
 
 from monitor.broker import free_port
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import load_settings
 from monitor.decisions import DecisionLayer
 from monitor.http import build_app, decision_routes
 from monitor.service import Service
-from monitor.sources import MemoryDeadLetterSink, ReplaySource
-from monitor.traffic import TrafficGenerator
-from tests.support import fit_reference, write_config
+from tests.support import fit_reference, in_process_service, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -57,16 +53,8 @@ def _service(tmp_path: Path) -> tuple[Service, DecisionLayer]:
                 "scope": "canary_vs_champion", "threshold": 0.25, "min_events": 100,
                 "severity": "rollback"}])
     settings = load_settings(cfg)
-    (tmp_path / "none.jsonl").write_text("")
-    service = Service(settings, ReplaySource(tmp_path / "none.jsonl", "p", "l"),
-                      MemoryDeadLetterSink(), ref)
-    layer = DecisionLayer(settings, lambda: service.engine)
-    batch = TrafficGenerator(seed=8, canary_share=0.3, bug_at=0.0).generate(
-        6000, 1_700_000_000.0, 100.0)
-    codec = EventCodec(settings)
+    service, layer = in_process_service(tmp_path, settings, ref, 6000, chunk=6000)
     assert service.engine is not None
-    service.engine.process(codec.decode([RawRecord("p", 0, i, json.dumps(p).encode())
-                                         for i, p in enumerate(batch.predictions)]))
     asyncio.run(layer.on_tick(service.engine.evaluate()))
     return service, layer
 
