@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import structlog
@@ -162,9 +162,10 @@ class Service:
             key = (sk.topic, sk.reason)
             self.skipped_batches[key] = self.skipped_batches.get(key, 0) + 1
             self.skipped_offsets[key] = self.skipped_offsets.get(key, 0) + sk.offsets
-        # before: the partitions of this batch are not caught up, and assigned
-        # partitions that have not delivered yet hold event time back
-        self._note_partitions({})
+        # before: the partitions of this batch are not caught up yet (the consumer's
+        # position already counts the records in hand), and assigned partitions
+        # that have not delivered yet hold event time back
+        self._note_partitions({}, in_hand=batch.next_offsets.keys())
         decoded = self.codec.decode(batch.predictions, batch.labels)
         for rec in batch.unknown:
             await self.dead_letters.send(rec, "unknown_topic", f"topic {rec.topic!r} is not "
@@ -197,17 +198,20 @@ class Service:
         self.metrics.batch_duration.observe(time.perf_counter() - t0)
         self.metrics.batch_events.observe(len(batch))
 
-    def _note_partitions(self, after: dict[tuple[str, int], int]) -> None:
+    def _note_partitions(self, after: dict[tuple[str, int], int],
+                         in_hand: Iterable[tuple[str, int]] = ()) -> None:
         """Tell the engine which predictions partitions are assigned and which have
-        nothing more to read (``after`` the offsets given): event time waits for
-        the others. Sources that cannot tell leave it to the idle timeout."""
+        nothing more to read (``after`` the offsets given; never those with
+        records ``in_hand``, not processed yet): event time waits for the others.
+        Sources that cannot tell leave it to the idle timeout."""
         caught_up = getattr(self.source, "caught_up", None)
         if self.engine is None or caught_up is None:
             return
         topic = self.settings.kafka.predictions_topic
+        busy = set(in_hand)
         self.engine.set_partitions(
             {p for t, p in self.source.status().assigned if t == topic},
-            {p for t, p in caught_up(after) if t == topic})
+            {p for t, p in caught_up(after) if t == topic and (t, p) not in busy})
 
     async def _store_call(self, make: Callable[[], Awaitable[Any]]) -> Any:
         """Run a store operation, retrying with backoff while the store is down.

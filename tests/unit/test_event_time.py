@@ -394,3 +394,57 @@ def test_start_up_says_what_a_restart_loses(tmp_path: Path, ref: ReferenceProfil
         assert warned[0]["avoid"] == "state.backend: redis"
     assert service.engine is not None
     assert service.engine.versions[(MODEL, "v1")].predictions_total == 1
+
+
+def test_records_in_hand_do_not_count_as_caught_up(tmp_path: Path, ref: ReferenceProfile) -> None:
+    """The consumer's position already counts a polled batch's records: before they
+    are processed, their partitions must still hold event time, or the last
+    records of slower partitions would come in late."""
+    import asyncio
+
+    from monitor.metrics import SourceStatus
+    from monitor.service import Service
+    from monitor.sources import MemoryDeadLetterSink, SourceBatch
+
+    class AtTheEnd:
+        """A partition is at its high watermark once its records were polled (the
+        consumer's position counts them from then on)."""
+
+        exhausted = False
+
+        def __init__(self) -> None:
+            self.polled: set[tuple[str, int]] = set()
+
+        def status(self) -> SourceStatus:
+            return SourceStatus(assigned={("predictions", 0), ("predictions", 1)},
+                                connected=True)
+
+        def caught_up(self, after: Any) -> set[tuple[str, int]]:
+            return set(self.polled)
+
+        async def commit(self, offsets: Any) -> None:
+            return None
+
+    def recs(events: list[dict[str, Any]]) -> list[RawRecord]:
+        return [RawRecord("predictions", e["_p"], i,
+                          encode({k: v for k, v in e.items() if k != "_p"}))
+                for i, e in enumerate(events)]
+
+    source = AtTheEnd()
+    service = Service(make_settings(tmp_path), source,  # type: ignore[arg-type]
+                      MemoryDeadLetterSink(), reference=ref)
+    fast = [pred(f"a{i}", START + 1000 + i, part=0) for i in range(5)]
+    slow = [pred(f"b{i}", START + i, part=1) for i in range(5)]
+    source.polled = {("predictions", 0)}
+    asyncio.run(service.handle(SourceBatch(predictions=recs(fast),
+                                           next_offsets={("predictions", 0): 5})))
+    # partition 0 is caught up after its batch; partition 1 has not spoken: held
+    assert service.engine is not None
+    assert service.engine.watermark == -math.inf
+    source.polled = {("predictions", 0), ("predictions", 1)}
+    asyncio.run(service.handle(SourceBatch(predictions=recs(slow),
+                                           next_offsets={("predictions", 1): 5})))
+    s = service.engine.versions[(MODEL, "v1")]
+    assert s.late_total == 0
+    assert s.predictions_total == 10
+    assert service.engine.watermark == START + 1004  # both caught up now
