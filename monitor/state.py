@@ -379,8 +379,13 @@ class RedisStore:
         ckey = self._k("c", c.instance)
         async with self._client.pipeline(transaction=True) as pipe:
             if c.expect_seq is not None:
-                await pipe.watch(ckey)
-                raw = await pipe.hget(ckey, SEQ_KEY)
+                try:
+                    await pipe.watch(ckey)
+                    raw = await pipe.hget(ckey, SEQ_KEY)
+                except WatchError as exc:
+                    # redis-py turns a connection lost while watching into a
+                    # WatchError: the store is unreachable, nothing was written
+                    raise StoreUnavailableError(f"redis unavailable: {exc}") from exc
                 self.commands += 2
                 self.round_trips += 2
                 stored = int(float(raw)) if raw is not None else 0
@@ -394,7 +399,10 @@ class RedisStore:
             self._queue(pipe, c)
             try:
                 await pipe.execute()
-            except WatchError as exc:  # someone else wrote this instance's counters
+            except WatchError as exc:
+                if _connection_lost(exc):  # see above: unreachable, nothing written
+                    raise StoreUnavailableError(f"redis unavailable: {exc}") from exc
+                # someone else wrote this instance's counters
                 raise StoreRegressedError(-1, c.expect_seq or 0) from exc
         self.round_trips += 1
 
@@ -509,6 +517,13 @@ class RedisStore:
             return value
         held = await self._run(self._client.get(k))
         return _s(held) if held is not None else value
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether redis-py's WatchError reports a connection lost while watching
+    ("A ConnectionError occurred while watching ...") rather than a watched key
+    written by someone else."""
+    return "occurred while watching" in str(exc) or "occurred on while watching" in str(exc)
 
 
 def _s(x: Any) -> str:
