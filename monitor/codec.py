@@ -184,6 +184,14 @@ class LabelColumns:
     def __len__(self) -> int:
         return len(self.event_id)
 
+    def take(self, index: npt.NDArray[np.intp]) -> LabelColumns:
+        """The rows at ``index``, in that order (as :meth:`PredictionColumns.take`)."""
+        return LabelColumns(
+            event_id=[self.event_id[i] for i in index.tolist()], label=self.label[index],
+            ts=self.ts[index], amount=self.amount[index],
+            partition=(self.partition[index] if self.partition.size == len(self)
+                       else self.partition))
+
 
 @dataclass(slots=True)
 class _RawPredictions:

@@ -38,7 +38,7 @@ import operator
 import time
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -410,13 +410,9 @@ class Engine:
         of their largest timestamp so far, never going back); updates the
         partitions' watermarks and the engine's."""
         now = self.clock()
-        idle_after = now - self.settings.windows.idle_partition_seconds
         start = self.watermark
         here = np.unique(part).tolist()
-        others = [wm for p, wm in self.partition_watermarks.items()
-                  if p not in here and p not in self._caught_up
-                  and self._partition_seen.get(p, -math.inf) >= idle_after]
-        floor_ = min(others, default=math.inf)
+        floor_ = min(self._holding(now, exclude=here), default=math.inf)
         n = ts.size
         combined = np.full(n, floor_)
         for p in here:
@@ -463,6 +459,14 @@ class Engine:
         """Only the caught-up partitions (see :meth:`set_partitions`)."""
         self.set_partitions(None, partitions)
 
+    def _holding(self, now: float, exclude: Collection[int] = ()) -> list[float]:
+        """Watermarks of the partitions that hold event time back: not caught up,
+        and with records within ``idle_partition_seconds`` (``exclude`` aside)."""
+        idle_after = now - self.settings.windows.idle_partition_seconds
+        return [wm for p, wm in self.partition_watermarks.items()
+                if p not in exclude and p not in self._caught_up
+                and self._partition_seen.get(p, -math.inf) >= idle_after]
+
     def release_idle(self) -> None:
         """Move the watermark to the minimum over the partitions still holding it
         (records waiting, and records within ``idle_partition_seconds``), or to
@@ -471,9 +475,7 @@ class Engine:
         marks = self.partition_watermarks
         if not marks:
             return
-        idle_after = self.clock() - self.settings.windows.idle_partition_seconds
-        holding = [wm for p, wm in marks.items() if p not in self._caught_up
-                   and self._partition_seen.get(p, -math.inf) >= idle_after]
+        holding = self._holding(self.clock())
         combined = min(holding) if holding else max(marks.values())
         if not combined > self.watermark:  # also: -inf (a partition with no record yet)
             return
@@ -631,11 +633,7 @@ class Engine:
                                      self._partitions_of(cols.partition, n),
                                      np.where(np.isnan(cols.ts), fill, cols.ts))
             if keep is not None:
-                cols = LabelColumns(
-                    event_id=[cols.event_id[i] for i in keep.tolist()], label=cols.label[keep],
-                    ts=cols.ts[keep], amount=cols.amount[keep],
-                    partition=cols.partition[keep] if cols.partition.size == n
-                    else cols.partition)
+                cols = cols.take(keep)
                 n = len(cols)
                 if not n:
                     return
