@@ -152,12 +152,17 @@ def attach_sample(profile: ReferenceProfile, numeric: Mapping[str, npt.ArrayLike
 
 def reference_sample_frame(profile: ReferenceProfile) -> Any:
     """The reference sample as a pandas DataFrame (ValueError if there is none)."""
-    import pandas as pd
-
     sample = profile.metadata.get(SAMPLE_KEY)
     if not isinstance(sample, dict):
         raise ValueError("the reference profile has no row sample: refit it with "
                          "`driftgate reference fit` to get Evidently reports")
+    return _sample_frame(sample)
+
+
+def _sample_frame(sample: Mapping[str, Any]) -> Any:
+    """A stored row sample (``numeric``, ``categorical``, ``score``) as a DataFrame."""
+    import pandas as pd
+
     cols: dict[str, Any] = {}
     for k, v in sample.get("numeric", {}).items():
         cols[k] = pd.to_numeric(pd.Series(v, dtype="float64"))
@@ -227,18 +232,10 @@ def render_report(inputs: ReportInputs) -> tuple[str, dict[str, Any]]:
     import tempfile
     from pathlib import Path
 
-    import pandas as pd
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    sample = inputs.reference_sample
-    ref_cols: dict[str, Any] = {}
-    for k, v in sample.get("numeric", {}).items():
-        ref_cols[k] = pd.to_numeric(pd.Series(v, dtype="float64"))
-    for k, v in sample.get("categorical", {}).items():
-        ref_cols[k] = pd.Series(v, dtype="object")
-    ref_cols["model_score"] = pd.Series(sample.get("score", []), dtype="float64")
-    ref_df = pd.DataFrame(ref_cols)
+    ref_df = _sample_frame(inputs.reference_sample)
     cur_df = _current_frame(inputs)
     if len(cur_df) < 30:
         raise ValueError(f"only {len(cur_df)} sampled rows in the current window (need 30)")
