@@ -268,9 +268,12 @@ def test_backlog_over_four_partitions_counts_nothing_late(backlog: dict[str, Any
     assert len(preds) == sum(_BACKLOG_SIZES) == 7200
     assert max(_BACKLOG_SIZES) == 4 * min(_BACKLOG_SIZES)
     # the partitions really are read at different event-time speeds: at some
-    # poll one partition was far ahead of another, and one running maximum over
-    # all of them (the old watermark) would have counted many events late
-    assert backlog["spread"] > 5 * LATENESS, backlog["spread"]
+    # poll one partition was ahead of another by more than the allowed lateness,
+    # and one running maximum over all of them (the old watermark) would have
+    # counted many events late. (How far ahead depends on how the broker's
+    # fetches fall: 547 to 1,330 s were seen under load, so the bound is the
+    # one that matters, the allowed lateness, not a multiple of it.)
+    assert backlog["spread"] > LATENESS, backlog["spread"]
     assert backlog["late_if_global"] > len(preds) // 10, backlog["late_if_global"]
     # ... and the service read it in many polls, not in one
     assert (sample(m, "driftgate_batch_events_count") or 0) >= (
