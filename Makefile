@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck unit bench system-deps venv clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard monitor/_native/*.c)
+$(STAMP): pyproject.toml setup.py $(wildcard monitor/ingest/_native/*.c third_party/yyjson/*)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -1,8 +1,9 @@
-"""Build hook for the optional C fast path (monitor/_native/fastdecode.c).
+"""Build hook for the optional C fast path (monitor/ingest/_native/fastdecode.c,
+with the vendored yyjson in third_party/yyjson).
 
 Everything else about the package is in pyproject.toml. The extension is
 optional: without a C compiler the install still succeeds and the codec uses
-its msgspec path alone (``monitor.codec.FAST_DECODE`` tells which is active).
+its msgspec path alone (``monitor.ingest.codec.FAST_DECODE`` tells which is active).
 """
 
 from setuptools import Extension, setup
@@ -10,11 +11,11 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "monitor._fastdecode",
-            sources=["monitor/_native/fastdecode.c", "monitor/_native/yyjson.c"],
-            include_dirs=["monitor/_native"],
+            "monitor.ingest._fastdecode",
+            sources=["monitor/ingest/_native/fastdecode.c", "third_party/yyjson/yyjson.c"],
+            include_dirs=["third_party/yyjson"],
             # listed so the sdist ships the header (and a changed header rebuilds)
-            depends=["monitor/_native/yyjson.h"],
+            depends=["third_party/yyjson/yyjson.h"],
             define_macros=[
                 # only the reader is used; no JSON extensions (comments, NaN, ...)
                 ("YYJSON_DISABLE_WRITER", "1"),

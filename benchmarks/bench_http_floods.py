@@ -62,7 +62,7 @@ def _serve(port: int, workdir: str) -> None:
     from aiohttp import web
 
     from monitor.config import load_settings
-    from monitor.http import build_app, decision_routes
+    from monitor.serve.http import build_app, decision_routes
     from tests.support import fit_reference, in_process_service, write_config
 
     tmp = Path(workdir)
@@ -197,7 +197,7 @@ async def _run_floods(base: str, pid: int, quick: bool) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from monitor.broker import free_port
+    from monitor.sandbox.broker import free_port
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

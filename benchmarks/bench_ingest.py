@@ -8,8 +8,8 @@ one after another in the same process, each with a fresh consumer group:
 
 (1) raw aiokafka ``getmany`` consumption, no decoding (the ceiling), with large
     fetches; (1b) the same with the fetch settings KafkaSource's consumer gets;
-(2) the full driftgate path: :class:`monitor.service.Service` over
-    :class:`monitor.sources.KafkaSource` (consume + decode + bins + windows +
+(2) the full driftgate path: :class:`monitor.core.service.Service` over
+    :class:`monitor.ingest.sources.KafkaSource` (consume + decode + bins + windows +
     label join + ADWIN + evaluator ticks + commits) until the engine's
     ``predictions_total`` reaches the event count; per-batch ``handle()`` time
     is measured around the call, and CPython's GC time is recorded
@@ -63,12 +63,12 @@ import numpy.typing as npt
 
 from benchmarks.common import cli_main, json_safe, stderr_log, timed, timed_async
 from detectors import ReferenceProfile
-from monitor.broker import EmbeddedBroker
-from monitor.codec import FAST_DECODE_AVAILABLE
 from monitor.config import KafkaSettings, Settings, load_settings
+from monitor.core.service import Service
 from monitor.engine import Engine, Evaluation
-from monitor.service import Service
-from monitor.sources import KafkaSource, MemoryDeadLetterSink, SourceBatch
+from monitor.ingest.codec import FAST_DECODE_AVAILABLE
+from monitor.ingest.sources import KafkaSource, MemoryDeadLetterSink, SourceBatch
+from monitor.sandbox.broker import EmbeddedBroker
 
 __all__ = ["run"]
 

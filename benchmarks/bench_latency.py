@@ -2,9 +2,9 @@
 
 One embedded broker (tansu) for the whole run. Each seeded trial gets fresh
 topics, a fresh consumer group, a fresh router stub and a fresh service
-(:func:`monitor.runner.run_service`, the real Kafka source, codec, engine,
+(:func:`monitor.serve.runner.run_service`, the real Kafka source, codec, engine,
 policy, signed webhook delivery and audit log), configured from
-:func:`monitor.demo.demo_settings` with a single rollback rule:
+:func:`monitor.sandbox.demo.demo_settings` with a single rollback rule:
 
     psi(txn_velocity_1h), canary_vs_champion, > 0.25, sustain 2 s
     (1 evaluation), min_events 300, cooldown 600 s; evaluator tick 0.25 s.
@@ -56,14 +56,14 @@ import numpy as np
 
 from benchmarks.common import cli_main, json_safe, stderr_log
 from detectors import ReferenceProfile, psi
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import Settings
-from monitor.demo import CANARY, CHAMPION, MODEL, LiveTraffic, _fit_reference, demo_settings
+from monitor.core.service import Service
 from monitor.engine import Engine
-from monitor.router_stub import RouterStub
-from monitor.service import Service
-from monitor.traffic import TrafficGenerator
+from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.demo import CANARY, CHAMPION, MODEL, LiveTraffic, _fit_reference, demo_settings
+from monitor.sandbox.router_stub import RouterStub
+from monitor.sandbox.traffic import TrafficGenerator
 from rollback.policy import Decision
 from rollback.rules import RuleSpec
 
@@ -341,7 +341,7 @@ async def _stop_task(task: asyncio.Task[Any], timeout: float, what: str,
 
 async def _run_trial(broker: EmbeddedBroker, root: Path, reference: ReferenceProfile,
                      index: int) -> Trial:
-    from monitor.runner import run_service
+    from monitor.serve.runner import run_service
     from rollback.signing import new_secret
 
     seed = BASE_SEED + index

@@ -2,17 +2,17 @@
 
 One embedded broker (tansu), one real ``redis-server`` (started here, AOF with
 ``appendfsync everysec`` as recommended in docs/scaling.md), one set of events:
-``N`` predictions of the demo shape (:class:`monitor.traffic.TrafficGenerator`:
+``N`` predictions of the demo shape (:class:`monitor.sandbox.traffic.TrafficGenerator`:
 5 numeric + 1 categorical feature, champion v1 / canary v2 90/10) and a label
 for every one of them, produced once into a 4-partition predictions topic and a
 4-partition labels topic (event ``i`` and its label both in partition
 ``i % 4``, at the same offset). Then, each with a fresh consumer group (and a
 fresh Redis key prefix):
 
-(a) one :class:`monitor.service.Service` over KafkaSource with the in-memory
+(a) one :class:`monitor.core.service.Service` over KafkaSource with the in-memory
     state (no store);
-(b) one Service with :class:`monitor.state.RedisStore` (built by
-    :func:`monitor.runner.make_store` from ``state: {backend: redis, ...}``,
+(b) one Service with :class:`monitor.engine.store.RedisStore` (built by
+    :func:`monitor.serve.runner.make_store` from ``state: {backend: redis, ...}``,
     with the stored-offset seek hook, as ``driftgate run`` wires it);
 (c) two Services with RedisStore in one consumer group, in this process (one
     event loop: they share one Python thread; the machine's other core runs
@@ -80,16 +80,16 @@ import numpy as np
 from benchmarks.bench_ingest import GcTimer, _short, _version, produce
 from benchmarks.common import cli_main, json_safe, stderr_log, timed, timed_async
 from detectors import ReferenceProfile
-from monitor.broker import EmbeddedBroker
 from monitor.config import Settings, load_settings
+from monitor.core.service import Service
 from monitor.engine import Evaluation
-from monitor.local_redis import LocalRedis
-from monitor.reports import attach_sample
-from monitor.runner import make_store
-from monitor.service import Service
-from monitor.sources import KafkaSource, MemoryDeadLetterSink, SourceBatch
-from monitor.state import RedisStore
-from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
+from monitor.engine.reservoir import attach_sample
+from monitor.engine.store import RedisStore
+from monitor.ingest.sources import KafkaSource, MemoryDeadLetterSink, SourceBatch
+from monitor.sandbox.broker import EmbeddedBroker
+from monitor.sandbox.local_redis import LocalRedis
+from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator
+from monitor.serve.runner import make_store
 
 __all__ = ["run"]
 

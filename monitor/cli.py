@@ -40,7 +40,7 @@ def run(config: ConfigOpt,
     settings = _settings(config, **overrides)  # fail fast, before the heavy imports
 
     from monitor.logs import configure_logging
-    from monitor.runner import run_service
+    from monitor.serve.runner import run_service
 
     configure_logging(settings.log.format, settings.log.level)
     try:
@@ -54,13 +54,13 @@ def run(config: ConfigOpt,
 def replay(file: Annotated[Path, typer.Argument(help="JSONL or Parquet events.")],
            config: ConfigOpt) -> None:
     """Replay a file of events through the engine; print the evaluation as JSON."""
-    from monitor.http import status_document
     from monitor.logs import configure_logging
-    from monitor.runner import run_service
+    from monitor.serve.http import status_document
+    from monitor.serve.runner import run_service
 
     settings = _settings(config, source="replay")
     configure_logging(settings.log.format, "warning")
-    from monitor.runner import make_source
+    from monitor.serve.runner import make_source
 
     try:
         src = make_source(settings, file)
@@ -84,7 +84,7 @@ def reference_fit(
     version: Annotated[str | None, typer.Option(help="Only rows of this version.")] = None,
 ) -> None:
     """Fit frozen reference bins on a data set and write the profile."""
-    from monitor.reference_io import fit_reference_file
+    from monitor.serve.reference_io import fit_reference_file
 
     # the profile being written is not required to exist yet: fit mode, keeping the
     # file's n_bins and top_k (overrides merge into the section key by key)
@@ -106,7 +106,7 @@ def demo(
     rate: Annotated[float, typer.Option(help="Transactions per second.")] = 2000.0,
 ) -> None:
     """Run the end-to-end demo on embedded defaults (ends in an explained rollback)."""
-    from monitor.demo import run_demo
+    from monitor.sandbox.demo import run_demo
 
     try:
         code = run_demo(duration=duration, seed=seed, rate=rate)
@@ -185,7 +185,7 @@ def traffic(
     labels_topic: Annotated[str, typer.Option()] = "labels",
 ) -> None:
     """Produce synthetic card traffic (predictions + delayed labels) to Kafka."""
-    from monitor.traffic_cli import run_traffic
+    from monitor.sandbox.traffic_cli import run_traffic
 
     try:
         asyncio.run(run_traffic(bootstrap, rate, duration, seed, bug_after, canary_share,
@@ -208,7 +208,7 @@ def router_stub(
         help="Accept unsigned Alertmanager payloads on /alerts.")] = False,
 ) -> None:
     """Serve the traffic-router stub (verifies signed rollback webhooks)."""
-    from monitor.router_stub import RouterStub
+    from monitor.sandbox.router_stub import RouterStub
 
     if not secret_file.is_file():
         typer.echo(f"error: secret file {str(secret_file)!r} does not exist", err=True)

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detectors import ReferenceProfile, js_divergence, kl_divergence, psi
 from detectors.kpi import wilson_interval
-from monitor.traffic import NUMERIC_FEATURES, healthy_reference
+from monitor.sandbox.traffic import NUMERIC_FEATURES, healthy_reference
 
 MODEL = "card-fraud"
 CATEGORICAL = ["merchant_category"]
@@ -238,7 +238,7 @@ def kcat_command(tmp_path: Path) -> tuple[str, dict[str, str]]:
 
 
 def _codec_variant(settings: Any, fast: bool) -> Any:
-    from monitor.codec import EventCodec
+    from monitor.ingest.codec import EventCodec
 
     codec_cfg = settings.codec.model_copy(update={"fast_decode": fast})
     return EventCodec(settings.model_copy(update={"codec": codec_cfg}),
@@ -351,11 +351,11 @@ def in_process_service(tmp: Path, settings: Any, reference: ReferenceProfile,
     ``chunk``-event batches: an HTTP API with something to answer about."""
     import json
 
-    from monitor.codec import EventCodec, RawRecord
-    from monitor.decisions import DecisionLayer
-    from monitor.service import Service
-    from monitor.sources import MemoryDeadLetterSink, ReplaySource
-    from monitor.traffic import TrafficGenerator
+    from monitor.core.decisions import DecisionLayer
+    from monitor.core.service import Service
+    from monitor.ingest.codec import EventCodec, RawRecord
+    from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource
+    from monitor.sandbox.traffic import TrafficGenerator
 
     (tmp / "none.jsonl").write_text("")
     service = Service(settings, ReplaySource(tmp / "none.jsonl", "p", "l"),

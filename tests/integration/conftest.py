@@ -16,8 +16,8 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.local_redis import LocalRedis
+from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.local_redis import LocalRedis
 
 DRIFTGATE = str(Path(sys.executable).parent / "driftgate")
 # tansu answers JoinGroup after about half the session timeout: keep it short.

@@ -1,4 +1,4 @@
-"""Integration tests of monitor.broker.EmbeddedBroker against the real tansu binary.
+"""Integration tests of monitor.sandbox.broker.EmbeddedBroker against the real tansu binary.
 
 Each test talks to a broker process it starts on a loopback port; every wait is
 bounded. Producers never use idempotence or transactions (tansu does not
@@ -22,7 +22,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from monitor.broker import EmbeddedBroker, free_port
+from monitor.sandbox.broker import EmbeddedBroker, free_port
 from tests.support import kcat_command
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ model/version names through Kafka, mixed with real champion and canary
 traffic: with ``codec.allow_unknown_models: true`` (2,500 junk models of 4
 versions each) and with it false (10,000 junk versions of the real model,
 then a canary ``v3`` set through the admin API). The exported series stay
-under :func:`monitor.metrics.max_series`, the process's memory grows by a
+under :func:`monitor.core.metrics.max_series`, the process's memory grows by a
 bounded amount, ``/healthz`` answers quickly throughout, the refusals are
 counted by reason, and the real canary is still monitored.
 """
@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 
-from monitor.broker import EmbeddedBroker
 from monitor.config import load_settings
-from monitor.metrics import max_series
-from monitor.traffic import TrafficGenerator
+from monitor.core.metrics import max_series
+from monitor.sandbox.broker import EmbeddedBroker
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.integration.conftest import GROUP_TUNING, wait_until
 from tests.integration.test_service_e2e import _setup_topics
 from tests.support import (

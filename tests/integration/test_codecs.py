@@ -37,7 +37,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 
-from monitor.broker import EmbeddedBroker
+from monitor.sandbox.broker import EmbeddedBroker
 from tests.integration.conftest import wait_until
 from tests.integration.test_service_e2e import (
     _assert_exact,

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.demo import CANARY, CHAMPION, MODEL, LiveTraffic, _fit_reference, demo_settings
-from monitor.router_stub import RouterStub
-from monitor.runner import run_service
-from monitor.service import Service
-from monitor.traffic import TrafficGenerator
+from monitor.core.service import Service
+from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.demo import CANARY, CHAMPION, MODEL, LiveTraffic, _fit_reference, demo_settings
+from monitor.sandbox.router_stub import RouterStub
+from monitor.sandbox.traffic import TrafficGenerator
+from monitor.serve.runner import run_service
 from rollback.audit import verify_file
 from rollback.rules import RuleSpec
 from rollback.signing import new_secret

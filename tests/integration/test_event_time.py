@@ -36,8 +36,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from detectors import ReferenceProfile
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.traffic import TrafficGenerator
+from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.integration.conftest import GROUP_TUNING, DriftgateProcess, wait_until
 from tests.integration.test_service_e2e import _dead_letters, _setup_topics
 from tests.support import (

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from monitor.broker import EmbeddedBroker, free_port
-from monitor.local_redis import LocalRedis
-from monitor.traffic import TrafficGenerator
+from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.local_redis import LocalRedis
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.integration.conftest import produce, wait_until
 from tests.integration.test_service_e2e import _assert_exact, _config, _done, _setup_topics
 from tests.support import encode, parse_metrics

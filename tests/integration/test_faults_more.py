@@ -20,14 +20,14 @@ import httpx
 import pytest
 import yaml
 
-from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import AlertingSettings, WebhookSettings, load_settings
-from monitor.demo import CANARY, CHAMPION, MODEL, LiveTraffic, demo_settings
-from monitor.local_redis import LocalRedis
-from monitor.router_stub import RouterStub
-from monitor.runner import run_service
-from monitor.service import Service
-from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
+from monitor.core.service import Service
+from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.demo import CANARY, CHAMPION, MODEL, LiveTraffic, demo_settings
+from monitor.sandbox.local_redis import LocalRedis
+from monitor.sandbox.router_stub import RouterStub
+from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator
+from monitor.serve.runner import run_service
 from rollback.audit import verify_file
 from rollback.rules import RuleSpec
 from rollback.signing import new_secret

@@ -29,13 +29,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from detectors import ReferenceProfile
 from detectors.kpi import ConfusionCounts
-from monitor.broker import EmbeddedBroker
 from monitor.config import Settings, load_settings
+from monitor.core.service import Service
 from monitor.engine import Engine
-from monitor.faust_source import FaustSource
-from monitor.service import Service
-from monitor.sources import KafkaSource, MemoryDeadLetterSink, Source
-from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
+from monitor.ingest.faust_source import FaustSource
+from monitor.ingest.sources import KafkaSource, MemoryDeadLetterSink, Source
+from monitor.sandbox.broker import EmbeddedBroker
+from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from monitor.broker import EmbeddedBroker
+from monitor.sandbox.broker import EmbeddedBroker
 from tests.integration.conftest import DRIFTGATE, GROUP_TUNING
 from tests.support import MODEL, fit_reference, write_config
 

@@ -26,11 +26,11 @@ import httpx
 import pytest
 from aiohttp import web
 
-from monitor.broker import free_port
 from monitor.config import load_settings
-from monitor.decisions import DecisionLayer
-from monitor.http import build_app, decision_routes
-from monitor.service import Service
+from monitor.core.decisions import DecisionLayer
+from monitor.core.service import Service
+from monitor.sandbox.broker import free_port
+from monitor.serve.http import build_app, decision_routes
 from tests.support import fit_reference, in_process_service, write_config
 
 pytestmark = pytest.mark.integration

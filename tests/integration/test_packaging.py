@@ -1,4 +1,4 @@
-"""The container image's wheel carries the compiled fast path (monitor._fastdecode).
+"""The container image's wheel carries the compiled fast path (monitor.ingest._fastdecode).
 
 There is no Docker engine here, so this builds the wheel the way the Dockerfile's
 builder stage does: the build context is only what that stage COPYs (minus what
@@ -124,10 +124,11 @@ def test_dockerignore_keeps_local_state_out() -> None:
     for rel in (".venv/bin/python", ".git/HEAD", "build/lib/x.py", "driftgate.egg-info/PKG-INFO",
                 "monitor/__pycache__/codec.cpython-311.pyc", ".mypy_cache/x",
                 ".pytest_cache/x", ".ruff_cache/x",
-                "monitor/_fastdecode.cpython-311-x86_64-linux-gnu.so"):
+                "monitor/ingest/_fastdecode.cpython-311-x86_64-linux-gnu.so"):
         assert _ignored(rel, patterns), rel
-    for rel in ("setup.py", "pyproject.toml", "README.md", "monitor/_native/fastdecode.c",
-                "monitor/_native/yyjson.h", "monitor/_fastdecode.pyi", "monitor/py.typed"):
+    for rel in ("setup.py", "pyproject.toml", "README.md", "monitor/ingest/_native/fastdecode.c",
+                "third_party/yyjson/yyjson.h", "monitor/ingest/_fastdecode.pyi",
+                "monitor/py.typed"):
         assert not _ignored(rel, patterns), rel
 
 
@@ -138,8 +139,10 @@ def test_builder_stage_wheel_has_the_fast_path(tmp_path: Path) -> None:
     context.mkdir(parents=True)
     _copy_context([args for word, args in builder if word == "COPY"], context)
     assert (context / "setup.py").is_file(), "the builder stage must COPY setup.py"
-    assert sorted(p.name for p in (context / "monitor" / "_native").glob("*.c")), \
-        "the builder stage must COPY monitor/_native (the C sources)"
+    assert sorted(p.name for p in (context / "monitor" / "ingest" / "_native").glob("*.c")), \
+        "the builder stage must COPY monitor/ingest/_native (the C sources)"
+    assert (context / "third_party" / "yyjson" / "yyjson.c").is_file(), \
+        "the builder stage must COPY third_party (the vendored yyjson)"
     assert not list(context.rglob("*.so")), "a stale in-tree build is in the context"
 
     wheels, check = tmp_path / "wheels", tmp_path / "check"
@@ -160,9 +163,10 @@ def test_builder_stage_wheel_has_the_fast_path(tmp_path: Path) -> None:
 
     (wheel,) = wheels.glob("driftgate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert [n for n in names if re.fullmatch(r"monitor/_fastdecode[.\w-]*\.so", n)], names
+    assert [n for n in names if re.fullmatch(r"monitor/ingest/_fastdecode[.\w-]*\.so", n)], names
     assert "monitor/py.typed" in names
-    assert not [n for n in names if n.startswith("monitor/_native/")], "C sources in the wheel"
+    assert not [n for n in names if n.startswith("monitor/ingest/_native/")], \
+        "C sources in the wheel"
 
     noisy = [line for line in "\n".join(output).splitlines()
              if any(m in line for m in WARNING_MARKERS)]
@@ -172,7 +176,7 @@ def test_builder_stage_wheel_has_the_fast_path(tmp_path: Path) -> None:
     target = tmp_path / "target"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                     "--target", str(target), str(wheel)], check=True, timeout=300)
-    probe = ("import monitor._fastdecode as f; "
+    probe = ("import monitor.ingest._fastdecode as f; "
              "assert callable(f.decode_predictions) and callable(f.decode_labels); "
              "print(f.__file__)")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,

@@ -5,8 +5,8 @@ One stack per module (fixture ``live``), all on loopback, all stopped in
 ``finally`` blocks:
 
 * the embedded broker (``kafka`` fixture) and driftgate itself, run in-process
-  by :func:`monitor.runner.run_service` with the demo's configuration
-  (:func:`monitor.demo.demo_settings`), fed by the demo's :class:`LiveTraffic`.
+  by :func:`monitor.serve.runner.run_service` with the demo's configuration
+  (:func:`monitor.sandbox.demo.demo_settings`), fed by the demo's :class:`LiveTraffic`.
   The canary's feature pipeline breaks a few seconds in, so there is drift, a
   catch-rate drop, rollback decisions and a signed rollback webhook to a
   :class:`RouterStub`. Besides that traffic, a side producer sends invalid
@@ -52,13 +52,13 @@ import yaml
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import Settings
-from monitor.demo import CANARY, CHAMPION, MODEL, LiveTraffic, _fit_reference, demo_settings
-from monitor.router_stub import RouterStub
-from monitor.runner import run_service
-from monitor.service import Service
-from monitor.traffic import CATEGORIES, TrafficBatch, TrafficGenerator, score
+from monitor.core.service import Service
+from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.demo import CANARY, CHAMPION, MODEL, LiveTraffic, _fit_reference, demo_settings
+from monitor.sandbox.router_stub import RouterStub
+from monitor.sandbox.traffic import CATEGORIES, TrafficBatch, TrafficGenerator, score
+from monitor.serve.runner import run_service
 from rollback.signing import new_secret
 from tests.integration.conftest import wait_until
 from tests.integration.test_ops_configs import (
@@ -135,12 +135,12 @@ QUIET_PROBES = {
 # the test: they are required to be empty, so this test fails once the bug is
 # fixed (and the entry must go). See test_dead_letter_counter_counts_the_topic.
 DEAD_LETTER_BUG = (
-    "driftgate_dead_letter_records_total is always 0: monitor/metrics.py exports "
+    "driftgate_dead_letter_records_total is always 0: monitor/core/metrics.py exports "
     "SourceStatus.dead_lettered, which no source sets (KafkaSource.status() leaves it 0); "
     "the acked dead letters are counted in KafkaDeadLetterSink.sent, never exported")
 ROLLBACK_BUG = (
     "two rollback rules firing for the same canary in one evaluation are both suppressed "
-    "and no rollback webhook is sent: DecisionLayer._act (monitor/decisions.py) takes the "
+    "and no rollback webhook is sent: DecisionLayer._act (monitor/core/decisions.py) takes the "
     "other decisions of the same evaluation, active but never sent, as earlier rollbacks")
 # both bugs this test found are fixed; a new one would be listed here with its reason
 KNOWN_BUGS: dict[str, str] = {}

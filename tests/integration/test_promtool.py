@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import load_settings
+from monitor.core.metrics import EngineCollector, ServiceMetrics, skipped_batch_metrics
 from monitor.engine import Engine
-from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus, skipped_batch_metrics
-from monitor.traffic import TrafficGenerator
+from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.ingest.sources import SourceStatus
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import MODEL, encode, fit_reference, parse_metrics, sample, write_config
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import redis
 
-from monitor.local_redis import LocalRedis
-from monitor.state import SEP, Commit, RedisStore, StoreRegressedError
+from monitor.engine.store import SEP, Commit, RedisStore, StoreRegressedError
+from monitor.sandbox.local_redis import LocalRedis
 
 pytestmark = pytest.mark.integration
 

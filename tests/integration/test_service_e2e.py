@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from monitor.broker import EmbeddedBroker
-from monitor.traffic import TrafficGenerator
+from monitor.sandbox.broker import EmbeddedBroker
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.integration.conftest import GROUP_TUNING, produce, wait_until
 from tests.support import (
     MODEL,

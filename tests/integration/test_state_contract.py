@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import load_settings
 from monitor.engine import Engine
-from monitor.local_redis import LocalRedis
-from monitor.state import SEP, Commit, MemoryStore, RedisStore, StateStore
-from monitor.traffic import TrafficGenerator
+from monitor.engine.store import SEP, Commit, MemoryStore, RedisStore, StateStore
+from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.sandbox.local_redis import LocalRedis
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import MODEL, fit_reference, write_config
 
 pytestmark = pytest.mark.integration
@@ -269,7 +269,7 @@ async def test_join_snapshots_keep_the_stored_log_bounded(
 
 async def test_commit_sequence_detects_a_store_that_lost_commits(
         store: tuple[StateStore, Any]) -> None:
-    from monitor.state import SEQ_KEY, StoreRegressedError
+    from monitor.engine.store import SEQ_KEY, StoreRegressedError
 
     s, _ = store
     await s.commit(Commit("a", counters={"x": 1.0}, seq=1, expect_seq=0))

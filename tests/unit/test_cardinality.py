@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from detectors import ReferenceProfile
-from monitor.codec import EventCodec, RawRecord, VersionSlots
 from monitor.config import Settings, load_settings
+from monitor.core.metrics import EngineCollector, max_series
 from monitor.engine import Engine
-from monitor.metrics import EngineCollector, max_series
+from monitor.ingest.codec import EventCodec, RawRecord, VersionSlots
 from tests.support import MODEL, encode, fit_reference, write_config
 
 TS = 1_700_000_000.0

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from detectors import ReferenceProfile
 from monitor.cli import app
-from monitor.traffic import CATEGORIES, NUMERIC_FEATURES, TrafficGenerator
+from monitor.sandbox.traffic import CATEGORIES, NUMERIC_FEATURES, TrafficGenerator
 from tests.support import MODEL, fit_reference, oracle, write_config
 
 START = 1_700_000_000.0

@@ -1,4 +1,4 @@
-"""Tests of monitor.codec: decoding to columns, every rejection reason, CloudEvents."""
+"""Tests of monitor.ingest.codec: decoding to columns, every rejection reason, CloudEvents."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from monitor.codec import REASONS, DecodedBatch, EventCodec, RawRecord
 from monitor.config import Settings, load_settings
-from monitor.traffic import NUMERIC_FEATURES
+from monitor.ingest.codec import REASONS, DecodedBatch, EventCodec, RawRecord
+from monitor.sandbox.traffic import NUMERIC_FEATURES
 from tests.support import MODEL, encode, write_config
 
 PROPERTY = settings(max_examples=150, deadline=None,

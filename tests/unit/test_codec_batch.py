@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import Settings, load_settings
+from monitor.ingest.codec import EventCodec, RawRecord
 from tests.support import MODEL, write_config
 
 

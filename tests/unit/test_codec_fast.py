@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from monitor import codec as codec_module
-from monitor.codec import FAST_DECODE_AVAILABLE, EventCodec, RawRecord
 from monitor.config import Settings, load_settings
+from monitor.ingest import codec as codec_module
+from monitor.ingest.codec import FAST_DECODE_AVAILABLE, EventCodec, RawRecord
 from tests.support import MODEL, assert_fast_path_agrees, write_config
 
 FEATURES = ["amount", "hour", "txn_velocity_1h"]
@@ -52,8 +52,9 @@ def records(values: list[bytes]) -> list[RawRecord]:
 def test_the_extension_is_built_here() -> None:
     # `make test` installs the package with its C extension (gcc and the Python
     # headers are on this machine kind); without it the fast path is not tested
-    assert FAST_DECODE_AVAILABLE, "monitor._fastdecode was not built: pip install -e . failed?"
-    from monitor import _fastdecode
+    assert FAST_DECODE_AVAILABLE, \
+        "monitor.ingest._fastdecode was not built: pip install -e . failed?"
+    from monitor.ingest import _fastdecode
 
     assert _fastdecode.YYJSON_VERSION.count(".") == 2
 
@@ -279,7 +280,7 @@ def test_fast_columns_are_writable_numpy_arrays(cfg: Settings) -> None:
 
 
 def test_bad_buffers_are_refused() -> None:
-    from monitor import _fastdecode
+    from monitor.ingest import _fastdecode
 
     keys = tuple(k.encode() for k in ("a", "b", "c", "d", "e", "f", "g", "h"))
     ok = np.empty(1)
@@ -393,7 +394,7 @@ def test_fast_label_path_equals_msgspec(cfg: Settings, values: list[bytes],
 
 
 def test_bad_label_buffers_are_refused() -> None:
-    from monitor import _fastdecode
+    from monitor.ingest import _fastdecode
 
     keys = (b"event_id", b"label", b"ts", b"amount")
     one = np.empty(1)
@@ -410,8 +411,8 @@ def test_bad_label_buffers_are_refused() -> None:
 def test_the_service_exports_batches_by_codec_path(tmp_path: Any) -> None:
     from prometheus_client import generate_latest
 
-    from monitor.service import Service
-    from monitor.sources import MemoryDeadLetterSink, ReplaySource, SourceBatch
+    from monitor.core.service import Service
+    from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource, SourceBatch
     from tests.support import fit_reference, parse_metrics, sample
 
     ref = fit_reference()
@@ -438,7 +439,7 @@ def test_the_service_exports_batches_by_codec_path(tmp_path: Any) -> None:
 
 
 def test_without_the_extension_msgspec_decodes_everything(tmp_path: Any) -> None:
-    # an install without a C compiler has no monitor._fastdecode: the codec
+    # an install without a C compiler has no monitor.ingest._fastdecode: the codec
     # must import and decode with msgspec alone (run in a fresh interpreter)
     import subprocess
     import sys
@@ -449,8 +450,8 @@ def test_without_the_extension_msgspec_decodes_everything(tmp_path: Any) -> None
     cfg = write_config(tmp_path / "c.yaml", reference={"path": str(tmp_path / "r.json")})
     code = f"""
 import sys, json
-sys.modules["monitor._fastdecode"] = None  # import fails as if never built
-from monitor.codec import FAST_DECODE_AVAILABLE, EventCodec, RawRecord
+sys.modules["monitor.ingest._fastdecode"] = None  # import fails as if never built
+from monitor.ingest.codec import FAST_DECODE_AVAILABLE, EventCodec, RawRecord
 from monitor.config import load_settings
 codec = EventCodec(load_settings({str(cfg)!r}))
 ev = {{"event_id": "e1", "model": "{MODEL}", "model_version": "v1", "ts": 1.7e9,

@@ -11,13 +11,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from typer.testing import CliRunner
 
 from monitor.cli import app as cli_app
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import load_settings
-from monitor.decisions import DecisionLayer
-from monitor.http import build_app, decision_routes
-from monitor.service import Service
-from monitor.sources import MemoryDeadLetterSink, ReplaySource
-from monitor.traffic import TrafficGenerator
+from monitor.core.decisions import DecisionLayer
+from monitor.core.service import Service
+from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource
+from monitor.sandbox.traffic import TrafficGenerator
+from monitor.serve.http import build_app, decision_routes
 from tests.support import MODEL, fit_reference, write_config
 
 TOKEN = "s3cret-admin-token"  # noqa: S105 - a test token
@@ -184,7 +184,7 @@ def test_audit_verify_cli_detects_tampering(tmp_path: Path, tamper: str) -> None
 
 async def test_two_rollback_rules_firing_in_one_tick_send_exactly_one(tmp_path: Path) -> None:
     """Regression: both decisions of one evaluation used to suppress each other."""
-    from monitor.router_stub import RouterStub
+    from monitor.sandbox.router_stub import RouterStub
     from rollback.signing import new_secret
 
     secret = new_secret()
@@ -464,7 +464,7 @@ async def test_auth_failures_are_sampled_into_the_audit_log(tmp_path: Path) -> N
 
 def test_admin_tokens_rotate_without_restart(tmp_path: Path) -> None:
     from monitor.config import AdminSettings
-    from monitor.http import AdminTokens
+    from monitor.serve.http import AdminTokens
 
     path = tmp_path / "token"
     path.write_text("old-token\n")

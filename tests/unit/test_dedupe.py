@@ -1,4 +1,4 @@
-"""monitor.dedupe: the memory of event ids seen, against a plain-set model."""
+"""monitor.engine.dedupe: the memory of event ids seen, against a plain-set model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.dedupe import SeenIds, decode_ids, encode_ids, hash_ids
+from monitor.engine.dedupe import SeenIds, decode_ids, encode_ids, hash_ids
 
 H = 3600.0
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from detectors import ReferenceProfile
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import Settings, load_settings
 from monitor.engine import SCORE_FEATURE, Engine
-from monitor.traffic import TrafficGenerator
+from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import MODEL, encode, fit_reference, oracle, write_config
 
 START = 1_700_000_000.0

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectors import ReferenceProfile
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import Settings
 from monitor.engine import Engine
-from monitor.state import MemoryStore
-from monitor.traffic import TrafficGenerator
+from monitor.engine.store import MemoryStore
+from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import MODEL, encode, fit_reference, oracle
 from tests.unit.test_engine import SLICE, START, WINDOW, make_settings
 
@@ -373,8 +373,8 @@ def test_start_up_says_what_a_restart_loses(tmp_path: Path, ref: ReferenceProfil
 
     from structlog.testing import capture_logs
 
-    from monitor.service import Service
-    from monitor.sources import MemoryDeadLetterSink, ReplaySource
+    from monitor.core.service import Service
+    from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource
 
     data = tmp_path / "events.jsonl"
     data.write_bytes(encode({k: v for k, v in pred("a", START).items() if k != "_p"}) + b"\n")
@@ -402,9 +402,8 @@ def test_records_in_hand_do_not_count_as_caught_up(tmp_path: Path, ref: Referenc
     records of slower partitions would come in late."""
     import asyncio
 
-    from monitor.metrics import SourceStatus
-    from monitor.service import Service
-    from monitor.sources import MemoryDeadLetterSink, SourceBatch
+    from monitor.core.service import Service
+    from monitor.ingest.sources import MemoryDeadLetterSink, SourceBatch, SourceStatus
 
     class AtTheEnd:
         """A partition is at its high watermark once its records were polled (the

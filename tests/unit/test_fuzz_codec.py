@@ -1,4 +1,4 @@
-"""Property-based fuzzing of monitor.codec (and of Service.handle on top of it).
+"""Property-based fuzzing of monitor.ingest.codec (and of Service.handle on top of it).
 
 Every hypothesis example carries a *batch* of inputs decoded in one
 ``codec.decode`` call, so that the file feeds well over 100,000 generated and
@@ -33,12 +33,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from monitor.codec import REASONS, DecodedBatch, EventCodec, RawRecord, Rejected
 from monitor.config import Settings, load_settings
-from monitor.metrics import SourceStatus
-from monitor.service import Service
-from monitor.sources import MemoryDeadLetterSink, SourceBatch
-from monitor.traffic import NUMERIC_FEATURES
+from monitor.core.service import Service
+from monitor.ingest.codec import REASONS, DecodedBatch, EventCodec, RawRecord, Rejected
+from monitor.ingest.sources import MemoryDeadLetterSink, SourceBatch, SourceStatus
+from monitor.sandbox.traffic import NUMERIC_FEATURES
 from tests.support import MODEL, assert_fast_path_agrees, fit_reference, write_config
 
 LIMIT = 2048  # max_message_bytes of the codec under test

@@ -34,13 +34,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from monitor.config import ConfigError, Settings, load_settings
-from monitor.traffic import NUMERIC_FEATURES
+from monitor.sandbox.traffic import NUMERIC_FEATURES
 from tests.support import MODEL
 
 HEALTH = [HealthCheck.too_slow, HealthCheck.filter_too_much,
           HealthCheck.function_scoped_fixture]
 DRIFTGATE = Path(sys.executable).parent / "driftgate"
-# a CLI start costs ~3 s of CPU (`run` imports monitor.runner, hence river and
+# a CLI start costs ~3 s of CPU (`run` imports monitor.serve.runner, hence river and
 # scikit-learn, before it reads the config): run them side by side
 WORKERS = max(2, min(4, os.cpu_count() or 2))
 

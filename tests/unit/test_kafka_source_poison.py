@@ -38,10 +38,15 @@ from prometheus_client import generate_latest
 from structlog.testing import capture_logs
 
 from monitor.config import KafkaSettings, load_settings
-from monitor.metrics import SourceStatus
-from monitor.service import Service
-from monitor.sources import SKIP_REASONS, KafkaSource, MemoryDeadLetterSink, SourceBatch
-from monitor.traffic import TrafficGenerator
+from monitor.core.service import Service
+from monitor.ingest.sources import (
+    SKIP_REASONS,
+    KafkaSource,
+    MemoryDeadLetterSink,
+    SourceBatch,
+    SourceStatus,
+)
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import encode, fit_reference, parse_metrics, sample, write_config
 
 PRED = "predictions"

@@ -1,4 +1,5 @@
-"""Tests of monitor.metrics (the scrape-time collector) and monitor.http (the aiohttp API)."""
+"""Tests of monitor.core.metrics (the scrape-time collector) and monitor.serve.http
+(the aiohttp API)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.parser import text_string_to_metric_families
 
 from detectors import ReferenceProfile
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import Settings, load_settings
+from monitor.core.metrics import EngineCollector, ServiceMetrics
+from monitor.core.service import Service
 from monitor.engine import Engine
-from monitor.http import build_app
-from monitor.metrics import EngineCollector, ServiceMetrics, SourceStatus
-from monitor.service import Service
-from monitor.sources import MemoryDeadLetterSink, SourceBatch
-from monitor.traffic import TrafficGenerator
+from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.ingest.sources import MemoryDeadLetterSink, SourceBatch, SourceStatus
+from monitor.sandbox.traffic import TrafficGenerator
+from monitor.serve.http import build_app
 from tests.support import MODEL, encode, fit_reference, oracle, parse_metrics, sample, write_config
 
 START = 1_700_000_000.0

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from redis.exceptions import WatchError
 
-from monitor.state import Commit, RedisStore, StoreRegressedError, StoreUnavailableError
+from monitor.engine.store import Commit, RedisStore, StoreRegressedError, StoreUnavailableError
 
 LOST = "A ConnectionError occurred while watching one or more keys"
 

@@ -12,16 +12,17 @@ import numpy as np
 from aiohttp import web
 from typer.testing import CliRunner
 
-from monitor.broker import free_port
 from monitor.cli import app as cli_app
-from monitor.codec import EventCodec, RawRecord
 from monitor.config import load_settings
-from monitor.decisions import DecisionLayer
-from monitor.http import build_app, decision_routes
-from monitor.reports import SliceReservoir, build_report
-from monitor.service import Service
-from monitor.sources import MemoryDeadLetterSink, ReplaySource
-from monitor.traffic import TrafficGenerator
+from monitor.core.decisions import DecisionLayer
+from monitor.core.service import Service
+from monitor.engine.reservoir import SliceReservoir
+from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource
+from monitor.sandbox.broker import free_port
+from monitor.sandbox.traffic import TrafficGenerator
+from monitor.serve.http import build_app, decision_routes
+from monitor.serve.reports import build_report
 from tests.support import MODEL, fit_reference, write_config
 
 
@@ -128,7 +129,7 @@ def _algorithm_r(res: SliceReservoir, slice_ids: Any, numeric: Any, cats: list[l
                  score: Any) -> int:
     """Reference: the reservoir's draws applied one row at a time (algorithm R);
     returns how many kept draws hit a place already drawn in the same batch."""
-    from monitor.reports import _Slice
+    from monitor.engine.reservoir import _Slice
 
     k = res.per_slice
     repeats = 0
@@ -188,7 +189,7 @@ async def test_concurrent_report_requests_share_one_render_and_the_window_is_cac
         tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from monitor.reports import ReportRenderer
+    from monitor.serve.reports import ReportRenderer
 
     service = _service(tmp_path)
     eng = service.engine
@@ -202,7 +203,7 @@ async def test_concurrent_report_requests_share_one_render_and_the_window_is_cac
         calls.append(1)
         return "<html></html>", {"rows": int(inputs.score.size)}
 
-    from monitor.reports import report_inputs
+    from monitor.serve.reports import report_inputs
 
     r = ReportRenderer(ThreadPoolExecutor(2), render=render)
 

@@ -9,13 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from monitor.codec import RawRecord
 from monitor.config import load_settings
-from monitor.metrics import SourceStatus
-from monitor.service import Service
-from monitor.sources import MemoryDeadLetterSink, SourceBatch
-from monitor.state import MemoryStore
-from monitor.traffic import TrafficGenerator
+from monitor.core.service import Service
+from monitor.engine.store import MemoryStore
+from monitor.ingest.codec import RawRecord
+from monitor.ingest.sources import MemoryDeadLetterSink, SourceBatch, SourceStatus
+from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import fit_reference, write_config
 
 

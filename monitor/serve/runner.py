@@ -10,12 +10,11 @@ from typing import Any
 
 import structlog
 
-from detectors import ReferenceProfile
 from monitor.config import Settings
-from monitor.decisions import DecisionLayer
-from monitor.http import build_app, decision_routes, start_http
-from monitor.service import Service
-from monitor.sources import (
+from monitor.core.decisions import DecisionLayer
+from monitor.core.service import Service
+from monitor.engine.store import RedisStore, StateStore
+from monitor.ingest.sources import (
     DeadLetterSink,
     KafkaDeadLetterSink,
     KafkaSource,
@@ -23,22 +22,12 @@ from monitor.sources import (
     ReplaySource,
     Source,
 )
-from monitor.state import RedisStore, StateStore
+from monitor.serve.http import build_app, decision_routes, start_http
+from monitor.serve.reference_io import load_reference
 
 __all__ = ["load_reference", "make_source", "run_service", "watch_refusals"]
 
 log = structlog.get_logger("driftgate.runner")
-
-
-def load_reference(settings: Settings) -> ReferenceProfile | None:
-    """The configured reference profile, or None to fit from champion events."""
-    path = settings.reference.path
-    if path is None:
-        return None
-    try:
-        return ReferenceProfile.from_json(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"reference.path {str(path)!r}: {exc}") from exc
 
 
 def make_store(settings: Settings) -> StateStore | None:
@@ -62,7 +51,7 @@ def make_source(settings: Settings, replay_file: Path | None = None) -> Source:
                             settings.kafka.labels_topic, settings.fields.label,
                             settings.fields.score)
     if settings.source == "faust":
-        from monitor.faust_source import FaustSource
+        from monitor.ingest.faust_source import FaustSource
 
         return FaustSource(settings)
     return KafkaSource(settings.kafka)

@@ -42,12 +42,12 @@ from monitor.config import Settings
 _fast_decode_predictions: Callable[..., object] | None
 _fast_decode_labels: Callable[..., object] | None
 try:
-    from monitor._fastdecode import decode_labels as _fast_decode_labels
-    from monitor._fastdecode import decode_predictions as _fast_decode_predictions
+    from monitor.ingest._fastdecode import decode_labels as _fast_decode_labels
+    from monitor.ingest._fastdecode import decode_predictions as _fast_decode_predictions
 except ImportError:  # installed without a C compiler: msgspec only
     _fast_decode_predictions = _fast_decode_labels = None
 
-#: whether the compiled fast path (``monitor._fastdecode``) is installed
+#: whether the compiled fast path (``monitor.ingest._fastdecode``) is installed
 FAST_DECODE_AVAILABLE = _fast_decode_predictions is not None
 
 __all__ = [

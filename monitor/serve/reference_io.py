@@ -1,4 +1,5 @@
-"""Reading reference data files (Parquet, CSV, JSONL) to fit a profile."""
+"""Reference profiles: loading the configured one, and reading reference data
+files (Parquet, CSV, JSONL) to fit one."""
 
 from __future__ import annotations
 
@@ -9,9 +10,20 @@ import pandas as pd
 
 from detectors import ReferenceProfile
 from monitor.config import Settings
-from monitor.reports import attach_sample
+from monitor.engine.reservoir import attach_sample
 
-__all__ = ["fit_reference_file", "read_events_frame"]
+__all__ = ["fit_reference_file", "load_reference", "read_events_frame"]
+
+
+def load_reference(settings: Settings) -> ReferenceProfile | None:
+    """The configured reference profile, or None to fit from champion events."""
+    path = settings.reference.path
+    if path is None:
+        return None
+    try:
+        return ReferenceProfile.from_json(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"reference.path {str(path)!r}: {exc}") from exc
 
 
 def read_events_frame(path: Path, settings: Settings) -> pd.DataFrame:

@@ -2,14 +2,14 @@
  * driftgate: a fast path that decodes a batch of plain-JSON prediction (or
  * label) events straight into columns.
  *
- * Parsing is done by yyjson (vendored beside this file, MIT licence in
- * yyjson.h): strict RFC 8259, UTF-8 validated, numbers correctly rounded, big
+ * Parsing is done by yyjson (vendored in third_party/yyjson, MIT licence in
+ * its LICENSE): strict RFC 8259, UTF-8 validated, numbers correctly rounded, big
  * numbers read as raw text. This file only walks each parsed document and
  * copies typed values into caller-provided buffers (numpy arrays, through the
  * buffer protocol) and Python lists.
  *
  * It is a fast path, not a second validator: every record must be one the
- * msgspec decoder in monitor/codec.py would decode to exactly these values.
+ * msgspec decoder in monitor/ingest/codec.py would decode to exactly these values.
  * Whenever that is not certain (a parse error, a wrong type, a missing
  * required field, a duplicated known key, a string timestamp, a big number,
  * a deep nesting, a string length out of bounds, an integer decision other
@@ -740,7 +740,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "monitor._fastdecode",
+    .m_name = "monitor.ingest._fastdecode",
     .m_doc = "A yyjson-based fast path that decodes prediction and label events into columns.",
     .m_size = -1,
     .m_methods = methods,

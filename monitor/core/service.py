@@ -23,19 +23,24 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
 from detectors import ReferenceProfile
-from monitor.codec import FAST_DECODE_AVAILABLE, DecodedBatch, EventCodec
 from monitor.config import Settings
-from monitor.engine import Engine, Evaluation
-from monitor.metrics import (
+from monitor.core.metrics import (
     EngineCollector,
     ServiceMetrics,
-    SourceStatus,
     codec_metrics,
     skipped_batch_metrics,
 )
-from monitor.reports import attach_sample
-from monitor.sources import SKIP_REASONS, DeadLetterSink, Source, SourceBatch
-from monitor.state import SEQ_KEY, StateStore, StoreRegressedError, StoreUnavailableError
+from monitor.engine import Engine, Evaluation
+from monitor.engine.reservoir import attach_sample
+from monitor.engine.store import SEQ_KEY, StateStore, StoreRegressedError, StoreUnavailableError
+from monitor.ingest.codec import FAST_DECODE_AVAILABLE, DecodedBatch, EventCodec
+from monitor.ingest.sources import (
+    SKIP_REASONS,
+    DeadLetterSink,
+    Source,
+    SourceBatch,
+    SourceStatus,
+)
 
 __all__ = ["Service", "TickHandler"]
 

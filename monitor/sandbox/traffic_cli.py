@@ -10,8 +10,8 @@ import time
 import httpx
 
 from monitor.config import load_settings
-from monitor.demo import CANARY, CHAMPION, MODEL, LiveTraffic
-from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator
+from monitor.sandbox.demo import CANARY, CHAMPION, MODEL, LiveTraffic
+from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator
 
 __all__ = ["run_traffic"]
 

@@ -12,7 +12,7 @@
 * :class:`ReplaySource` — a JSONL or Parquet file of events, for backfills and
   offline evaluation.
 
-The Faust source lives in :mod:`monitor.faust_source`.
+The Faust source lives in :mod:`monitor.ingest.faust_source`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
-from monitor.codec import RawRecord, Record
 from monitor.config import KafkaSettings
-from monitor.metrics import SourceStatus
+from monitor.ingest.codec import RawRecord, Record
 
 __all__ = [
     "SKIP_REASONS",
@@ -99,6 +98,17 @@ class SourceBatch:
 
     def __len__(self) -> int:
         return len(self.predictions) + len(self.labels) + len(self.unknown)
+
+
+@dataclass
+class SourceStatus:
+    """What a source reports about its partitions, read at scrape time."""
+
+    assigned: set[tuple[str, int]] = field(default_factory=set)
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    dead_lettered: int = 0
+    connected: bool = False
 
 
 class Source(Protocol):

@@ -30,10 +30,10 @@ from rich.live import Live
 from rich.table import Table
 
 from detectors import ReferenceProfile
-from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import Settings, load_settings
-from monitor.service import Service
-from monitor.traffic import NUMERIC_FEATURES, TrafficGenerator, healthy_reference
+from monitor.core.service import Service
+from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator, healthy_reference
 
 __all__ = ["LiveTraffic", "demo_settings", "run_demo"]
 
@@ -199,8 +199,8 @@ def _view(service: Service | None, traffic: LiveTraffic, router: Any, t0: float,
 
 
 async def _demo(duration: float, seed: int, rate: float, console: Console) -> int:
-    from monitor.router_stub import RouterStub
-    from monitor.runner import run_service
+    from monitor.sandbox.router_stub import RouterStub
+    from monitor.serve.runner import run_service
     from rollback.audit import verify_file
     from rollback.signing import new_secret
 

@@ -280,7 +280,7 @@ class JoinSettings(_Strict):
 
 
 class DedupeSettings(_Strict):
-    """Each event id counted once within a horizon of event time (monitor.dedupe)."""
+    """Each event id counted once within a horizon of event time (monitor.engine.dedupe)."""
 
     enabled: bool = True
     #: how long (event time) an id is remembered; None: the join TTL

@@ -1,6 +1,6 @@
 """The decision layer: evaluations -> policy -> webhooks, alerts, audit, topic.
 
-Registered as a tick handler of the :class:`monitor.service.Service`. Each
+Registered as a tick handler of the :class:`monitor.core.service.Service`. Each
 tick it turns the engine's evaluation into neutral views for
 :class:`rollback.policy.Policy`; every decision is written to the audit log,
 published to the decisions topic and delivered (a rollback webhook to the

@@ -1,4 +1,4 @@
-"""The HTTP API's OpenAPI document (``monitor/openapi.yaml``, package data).
+"""The HTTP API's OpenAPI document (``monitor/serve/openapi.yaml``, package data).
 
 Served as JSON at ``GET /openapi.json``; the fuzz test
 (``tests/integration/test_openapi_fuzz.py``) checks every route against it.
@@ -24,7 +24,7 @@ def openapi_json() -> bytes:
     >>> doc["openapi"], "/v1/verdict" in doc["paths"]
     ('3.1.0', True)
     """
-    text = resources.files("monitor").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    text = resources.files("monitor.serve").joinpath("openapi.yaml").read_text(encoding="utf-8")
     return json.dumps(yaml.safe_load(text), separators=(",", ":")).encode()
 
 

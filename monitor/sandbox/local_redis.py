@@ -1,6 +1,6 @@
 """A local ``redis-server`` child process for tests, benchmarks and trials.
 
-Like :mod:`monitor.broker` for Kafka: the one place that starts and stops a
+Like :mod:`monitor.sandbox.broker` for Kafka: the one place that starts and stops a
 real Redis (the Debian package) on a free loopback port, with AOF
 ``appendfsync everysec`` by default.
 """
@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from monitor.broker import free_port
+from monitor.sandbox.broker import free_port
 
 __all__ = ["LocalRedis"]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import (
@@ -25,11 +24,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from monitor.codec import VersionSlots
 from monitor.config import Settings
 from monitor.engine import Engine
+from monitor.ingest.codec import VersionSlots
+from monitor.ingest.sources import SourceStatus
 
-__all__ = ["EngineCollector", "ServiceMetrics", "SourceStatus", "max_series"]
+__all__ = ["EngineCollector", "ServiceMetrics", "max_series"]
 
 #: series without a model or version label (reference, invalid events by kind
 #: and reason, join, dedupe, histograms, webhooks, HTTP, ...), with room to spare
@@ -40,7 +40,7 @@ def max_series(settings: Settings, partitions: int = 16) -> int:
     """An upper bound on the series one instance exports, from the caps.
 
     ``F = features + 1`` (the score); ``P`` = the most (model, version) pairs
-    holding a slot (:attr:`monitor.codec.VersionSlots.max_pairs`); ``M`` =
+    holding a slot (:attr:`monitor.ingest.codec.VersionSlots.max_pairs`); ``M`` =
     configured models; ``R`` = rules. Per version: 15 counters and gauges
     (events by kind, late, late labels, window, confusion cells, ADWIN
     detections, mean and width per stream), ``3 F`` divergences against the
@@ -58,17 +58,6 @@ def max_series(settings: Settings, partitions: int = 16) -> int:
             + 3 * partitions + FIXED_SERIES)
 
 KPI_NAMES = ("catch_rate", "precision", "alert_rate", "amount_weighted_catch_rate")
-
-
-@dataclass
-class SourceStatus:
-    """What a source reports about its partitions, read at scrape time."""
-
-    assigned: set[tuple[str, int]] = field(default_factory=set)
-    lag: dict[tuple[str, int], int] = field(default_factory=dict)
-    committed: dict[tuple[str, int], int] = field(default_factory=dict)
-    dead_lettered: int = 0
-    connected: bool = False
 
 
 class EngineCollector(Collector):

@@ -28,8 +28,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from monitor.config import AdminSettings
-from monitor.decisions import VerdictError
-from monitor.service import Service
+from monitor.core.decisions import VerdictError
+from monitor.core.service import Service
 
 __all__ = ["AdminTokens", "ApiError", "build_app", "read_body", "read_json", "redact",
            "start_http", "status_document"]
@@ -465,7 +465,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _openapi(request: web.Request) -> web.Response:
-    from monitor.openapi import openapi_json
+    from monitor.serve.openapi import openapi_json
 
     return web.Response(body=openapi_json(), content_type="application/json")
 
@@ -520,7 +520,7 @@ def decision_routes(service: Service, layer: Any) -> Callable[[web.Application],
       ``POST /v1/admin/reference/reload`` — need ``Authorization: Bearer
       <admin token>``; a missing or wrong token gets 401 and changes nothing.
     """
-    from monitor.runner import load_reference
+    from monitor.serve.reference_io import load_reference
 
     tokens = AdminTokens(service.settings.admin)
     secrets_of = service.settings.webhooks.secret_values
@@ -658,13 +658,13 @@ def decision_routes(service: Service, layer: Any) -> Callable[[web.Application],
                                      "after": ref.content_hash})
         return web.json_response({"reference_hash": ref.content_hash})
 
-    from monitor.reports import ReportBusyError, ReportRenderer, report_inputs
+    from monitor.serve.reports import ReportBusyError, ReportRenderer, report_inputs
 
     renderer = ReportRenderer()
 
     async def report(request: web.Request) -> web.Response:
         # rendered in a worker process, one render per version at a time, cached
-        # per window (monitor.reports.ReportRenderer)
+        # per window (monitor.serve.reports.ReportRenderer)
         if service.settings.http.reports_require_token and not authorized(request):
             return unauthorized(request)
         model, version = request.match_info["model"], request.match_info["version"]

@@ -191,7 +191,7 @@ class TrafficGenerator:
 def healthy_reference(seed: int, n: int, start_ts: float,
                       metadata: dict[str, Any] | None = None) -> ReferenceProfile:
     """A reference profile (with its row sample) fitted on healthy champion traffic."""
-    from monitor.reports import attach_sample
+    from monitor.engine.reservoir import attach_sample
 
     batch = TrafficGenerator(seed=seed, canary_share=0.0).generate(n, start_ts, 1000.0)
     preds = batch.predictions

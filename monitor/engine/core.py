@@ -1,6 +1,6 @@
 """The streaming engine: per (model, version) window state and evaluation.
 
-The engine takes decoded batches (:class:`monitor.codec.DecodedBatch`) and
+The engine takes decoded batches (:class:`monitor.ingest.codec.DecodedBatch`) and
 keeps, per model version:
 
 * feature and score histograms against the frozen reference bins, in sliced
@@ -12,7 +12,7 @@ keeps, per model version:
 A bounded join buffer matches labels to predictions by event id in either
 arrival order (labels usually come late, but across topics they may come
 first). Each event id counts once within the dedupe horizon
-(:class:`monitor.dedupe.SeenIds`): a copy is counted as a duplicate and
+(:class:`monitor.engine.dedupe.SeenIds`): a copy is counted as a duplicate and
 nothing else.
 
 Time is event time, kept per source partition: each partition's watermark is
@@ -59,11 +59,11 @@ from detectors import (
     psi,
 )
 from detectors.kpi import FraudKPIs
-from monitor.codec import DecodedBatch, LabelColumns, PredictionColumns, VersionSlots
 from monitor.config import Settings
-from monitor.dedupe import SeenIds, decode_ids, encode_ids, hash_ids
-from monitor.reports import SliceReservoir
-from monitor.state import SEP, Commit, JoinLog
+from monitor.engine.dedupe import SeenIds, decode_ids, encode_ids, hash_ids
+from monitor.engine.reservoir import SliceReservoir
+from monitor.engine.store import SEP, Commit, JoinLog
+from monitor.ingest.codec import DecodedBatch, LabelColumns, PredictionColumns, VersionSlots
 
 __all__ = ["SCORE_FEATURE", "Engine", "Evaluation", "VersionEvaluation", "VersionState"]
 
