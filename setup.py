@@ -3,7 +3,7 @@ with the vendored yyjson in third_party/yyjson).
 
 Everything else about the package is in pyproject.toml. The extension is
 optional: without a C compiler the install still succeeds and the codec uses
-its msgspec path alone (``monitor.ingest.codec.FAST_DECODE`` tells which is active).
+its msgspec path alone (``monitor.ingest.fastpath.FAST_DECODE_AVAILABLE`` tells which is active).
 """
 
 from setuptools import Extension, setup

@@ -197,7 +197,7 @@ async def _run_floods(base: str, pid: int, quick: bool) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from monitor.sandbox.broker import free_port
+    from monitor.sandbox.ports import free_port
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -224,9 +224,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         finally:
             proc.terminate()
             proc.wait(30)
-    return json_safe({"quick": quick, "target_healthz_p99_ms": 50, **floods,
-                      "healthz_p99_lt_50ms": {k: v["healthz"].get("p99_ms", 1e9) < 50
-                                              for k, v in floods.items()}})
+    out: dict[str, Any] = json_safe({
+        "quick": quick, "target_healthz_p99_ms": 50, **floods,
+        "healthz_p99_lt_50ms": {k: v["healthz"].get("p99_ms", 1e9) < 50
+                                for k, v in floods.items()}})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

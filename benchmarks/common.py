@@ -1,4 +1,9 @@
-"""What every benchmark script shares: the one-JSON-line command-line entry point."""
+"""What every benchmark script shares.
+
+The one-JSON-line command-line entry point (:func:`cli_main`), JSON clean-up,
+the stderr progress log, rates, percentiles, best-of-N and problem sizes. The
+Kafka/Service timing harness lives in :mod:`benchmarks.harness`.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,8 @@ import contextlib
 import json
 import math
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,31 +35,41 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def timed(fn: Callable[..., Any], stages: dict[str, float], slot: str) -> Callable[..., Any]:
-    """``fn`` wrapped to add its wall time to ``stages[slot]`` on every call."""
-
-    def inner(*a: Any, **kw: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return fn(*a, **kw)
-        finally:
-            stages[slot] += time.perf_counter() - t
-
-    return inner
+def rate(n: float, span_s: float) -> float:
+    """``n`` per second over ``span_s`` (NaN for an empty span)."""
+    return n / span_s if span_s > 0 else math.nan
 
 
-def timed_async(fn: Callable[..., Awaitable[Any]], stages: dict[str, float],
-                slot: str) -> Callable[..., Awaitable[Any]]:
-    """The coroutine function ``fn`` wrapped like :func:`timed` (time until it returns)."""
+def pct(samples: Sequence[float], q: float) -> float:
+    """Percentile ``q`` (0..100) with linear interpolation (NaN without samples)."""
+    if not samples:
+        return math.nan
+    return float(np.percentile(np.asarray(samples, dtype=np.float64), q))
 
-    async def inner(*a: Any, **kw: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return await fn(*a, **kw)
-        finally:
-            stages[slot] += time.perf_counter() - t
 
-    return inner
+def best_of(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the highest ``key``, plus every run's ``key`` as ``runs_{key}``."""
+    best = dict(max(runs, key=lambda r: r[key]))
+    best[f"runs_{key}"] = [r[key] for r in runs]
+    return best
+
+
+def dist_version(dist: str) -> str:
+    """The installed version of the distribution ``dist`` ("unknown" if absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Problem sizes of a broker benchmark; ``--quick`` picks the smaller set."""
+
+    events: int
+    profile_events: int  # events of the cProfile run, when a target is missed
 
 
 def stderr_log(name: str) -> Callable[[str], None]:

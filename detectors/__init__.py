@@ -2,6 +2,9 @@
 
 Public API: frozen reference bins, sliced windows, the PSI/KL/JS divergences,
 a batch ADWIN wrapper over river, and fraud KPIs with intervals and tests.
+
+May import: numpy, scipy, river and the standard library only; nothing of
+:mod:`rollback` or :mod:`monitor` (it is the bottom layer).
 """
 
 from detectors.adwin import ADWINResult, BatchADWIN

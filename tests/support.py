@@ -1,14 +1,23 @@
-"""Shared test helpers: an independent offline oracle and /metrics parsing.
+"""Shared test helpers: an independent offline oracle, /metrics parsing and a
+running service.
 
 The oracle recomputes, with plain Python loops (``bisect``, dicts), what the
 engine should report for a known list of events: window histograms, confusion
 counts, PSI/KL/JS and KPIs. It shares no code with the engine except the
 divergence formulas, which are tested against Evidently and scipy separately.
+
+A service under test is run in a task with :func:`running_service` (through
+:func:`monitor.serve.runner.run_service`) or :func:`serving` (a
+:class:`~monitor.core.service.Service` built by the test); both stop it on the
+way out with :func:`stop_service`. Free ports come from
+:func:`monitor.sandbox.ports.free_port`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import importlib.util
 import json
 import math
@@ -16,8 +25,9 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +37,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detectors import ReferenceProfile, js_divergence, kl_divergence, psi
 from detectors.kpi import wilson_interval
+from monitor.config import Settings
+from monitor.core.service import Service
 from monitor.sandbox.traffic import NUMERIC_FEATURES, healthy_reference
+from monitor.serve.runner import run_service
 
 MODEL = "card-fraud"
 CATEGORICAL = ["merchant_category"]
@@ -121,12 +134,12 @@ def oracle(predictions: Iterable[dict[str, Any]], labels: Iterable[dict[str, Any
         row[_bin(score_edges, p["score"], score_cols - 1)] += 1
     exp.window = hist
     for lab in labels:
-        p = by_id.get(lab["event_id"])
-        if p is None:
+        pred = by_id.get(lab["event_id"])
+        if pred is None:
             continue
-        key = (p["model"], p["model_version"])
+        key = (pred["model"], pred["model_version"])
         exp.joined[key] += 1
-        y, d = lab["label"] == 1, bool(p["decision"])
+        y, d = lab["label"] == 1, bool(pred["decision"])
         cell = "tp" if y and d else "fn" if y else "fp" if d else "tn"
         exp.confusion[key][cell] += 1
     ref_rows: dict[str, list[int]] = {}
@@ -137,10 +150,12 @@ def oracle(predictions: Iterable[dict[str, Any]], labels: Iterable[dict[str, Any
     ref_rows[SCORE] = ref.score_counts[0].tolist()
     for key, h in hist.items():
         for f, row in h.items():
-            for name, fn, store in (("psi", psi, exp.psi), ("kl", kl_divergence, exp.kl),
-                                    ("js", js_divergence, exp.js)):
+            for name, divergence, store in (("psi", psi, exp.psi),
+                                            ("kl", kl_divergence, exp.kl),
+                                            ("js", js_divergence, exp.js)):
                 del name
-                store[(key[0], key[1], f, "reference")] = float(fn(ref_rows[f], row, eps))
+                store[(key[0], key[1], f, "reference")] = float(
+                    divergence(ref_rows[f], row, eps))
     champ, can = (MODEL, champion), (MODEL, canary)
     if champ in hist and can in hist:
         for f, row in hist[can].items():
@@ -353,8 +368,10 @@ def in_process_service(tmp: Path, settings: Any, reference: ReferenceProfile,
 
     from monitor.core.decisions import DecisionLayer
     from monitor.core.service import Service
-    from monitor.ingest.codec import EventCodec, RawRecord
-    from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource
+    from monitor.ingest.codec import EventCodec
+    from monitor.ingest.records import RawRecord
+    from monitor.ingest.replay import ReplaySource
+    from monitor.ingest.sources import MemoryDeadLetterSink
     from monitor.sandbox.traffic import TrafficGenerator
 
     (tmp / "none.jsonl").write_text("")
@@ -372,3 +389,94 @@ def in_process_service(tmp: Path, settings: Any, reference: ReferenceProfile,
             [RawRecord("p", 0, i, json.dumps(p).encode())
              for i, p in enumerate(batch.predictions[start:start + chunk], start)]))
     return service, layer
+
+
+# ------------------------------------------------------------ a running service
+async def stop_service(service: Service | None, task: asyncio.Task[Any],
+                       timeout_s: float = 30.0) -> None:
+    """Stop the service running in ``task`` and await the task.
+
+    Sets ``service.stopping`` (or, when the service never came up and
+    ``service`` is None, cancels the task) and awaits the task for at most
+    ``timeout_s`` seconds: after that the task is cancelled and
+    ``TimeoutError`` raised. An error the task ended with is raised; the
+    cancellation made here is not. A task that is already done is only awaited.
+    """
+    if service is not None:
+        service.stopping.set()
+    else:
+        task.cancel()
+    try:
+        await asyncio.wait_for(task, timeout_s)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if service is not None or (current is not None and current.cancelling()):
+            raise
+
+
+class ServiceRun:
+    """:func:`monitor.serve.runner.run_service` running in :attr:`task`, without
+    signal handlers; :attr:`service` is set once it has started."""
+
+    def __init__(self, settings: Settings, **run_kwargs: Any) -> None:
+        self.service: Service | None = None
+        self.task: asyncio.Task[Service] = asyncio.create_task(
+            run_service(settings, install_signals=False, started=self._started, **run_kwargs),
+            name="driftgate-service")
+
+    def _started(self, service: Service) -> None:
+        self.service = service
+
+    async def started(self, timeout_s: float, assigned: bool = True) -> Service:
+        """The service once it has started and (with ``assigned``) its source has
+        partitions; raises the task's error if it ended first, ``RuntimeError``
+        if that takes more than ``timeout_s`` seconds."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.task.done():
+                self.task.result()
+                raise RuntimeError("driftgate stopped before it started")
+            service = self.service
+            if service is not None and (not assigned or service.source.status().assigned):
+                return service
+            if time.monotonic() > deadline:
+                what = "start" if service is None else "get partitions"
+                raise RuntimeError(f"driftgate did not {what} within {timeout_s:g} s")
+            await asyncio.sleep(0.05)
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """:func:`stop_service` on this run (a no-op but for awaiting once done)."""
+        await stop_service(self.service, self.task, timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings, stop_timeout_s: float = 30.0,
+                          **run_kwargs: Any) -> AsyncIterator[ServiceRun]:
+    """Run the whole service (``run_service(settings, install_signals=False,
+    **run_kwargs)``) in a task for the body of an ``async with``, then stop it
+    and await it (at most ``stop_timeout_s`` seconds), also when the body fails.
+
+    Typical use::
+
+        async with running_service(settings) as run:
+            service = await run.started(30)
+            ...
+    """
+    run = ServiceRun(settings, **run_kwargs)
+    try:
+        yield run
+    finally:
+        await run.stop(stop_timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def serving(service: Service, stop_timeout_s: float = 30.0
+                  ) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``service.run()`` in a task for the body of an ``async with`` (which
+    gets the task), then stop it and await it (at most ``stop_timeout_s``
+    seconds), also when the body fails."""
+    task = asyncio.create_task(service.run(), name="driftgate-service")
+    try:
+        yield task
+    finally:
+        await stop_service(service, task, stop_timeout_s)

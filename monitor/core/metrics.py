@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from monitor.config import Settings
 from monitor.engine import Engine
-from monitor.ingest.codec import VersionSlots
+from monitor.ingest.slots import VersionSlots
 from monitor.ingest.sources import SourceStatus
 
 __all__ = ["EngineCollector", "ServiceMetrics", "max_series"]

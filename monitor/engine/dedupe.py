@@ -182,6 +182,16 @@ class SeenIds:
         dup[order] = dup_s
         return dup
 
+    def new_rows(self, hashes: U64, partitions: npt.NDArray[np.int64],
+                 ts: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.intp] | None, int]:
+        """:meth:`check_and_add`, as the rows to keep (None: every row is new)
+        and the number of copies."""
+        dup = self.check_and_add(hashes, partitions, ts)
+        n_dup = int(np.count_nonzero(dup))
+        if not n_dup:
+            return None, 0
+        return np.flatnonzero(~dup), n_dup
+
     def add(self, hashes: U64, partitions: npt.NDArray[np.int64],
             buckets: npt.NDArray[np.int64], log: bool = True,
             presorted: bool = False) -> None:

@@ -13,7 +13,7 @@ the agent awaits that future before it asks for the next batch. The service
 calls :meth:`FaustSource.commit` after the batch's effects are stored, which
 resolves the future; only then does ``take_events`` ack the events, and Faust
 commits acked offsets every ``commit_interval_s`` (at-least-once, as with
-:class:`monitor.ingest.sources.KafkaSource`).
+:class:`monitor.ingest.kafka.KafkaSource`).
 
 On :meth:`FaustSource.stop`, messages of batches that were handed out (or
 queued) but not committed are pinned (their reference count is raised) so
@@ -50,8 +50,9 @@ from typing import Any
 import structlog
 
 from monitor.config import KafkaSettings, Settings
-from monitor.ingest.codec import RawRecord
-from monitor.ingest.sources import SourceBatch, SourceStatus, TopicPartition, kafka_client_options
+from monitor.ingest.kafka import kafka_client_options
+from monitor.ingest.records import RawRecord
+from monitor.ingest.sources import SourceBatch, SourceStatus, TopicPartition
 
 __all__ = ["FaustSource"]
 

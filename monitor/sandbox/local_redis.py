@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from monitor.sandbox.broker import free_port
+from monitor.sandbox.ports import free_port
 
 __all__ = ["LocalRedis"]
 

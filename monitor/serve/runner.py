@@ -13,15 +13,11 @@ import structlog
 from monitor.config import Settings
 from monitor.core.decisions import DecisionLayer
 from monitor.core.service import Service
-from monitor.engine.store import RedisStore, StateStore
-from monitor.ingest.sources import (
-    DeadLetterSink,
-    KafkaDeadLetterSink,
-    KafkaSource,
-    MemoryDeadLetterSink,
-    ReplaySource,
-    Source,
-)
+from monitor.engine.redis_store import RedisStore
+from monitor.engine.store import StateStore
+from monitor.ingest.kafka import KafkaDeadLetterSink, KafkaSource
+from monitor.ingest.replay import ReplaySource
+from monitor.ingest.sources import DeadLetterSink, MemoryDeadLetterSink, Source
 from monitor.serve.http import build_app, decision_routes, start_http
 from monitor.serve.reference_io import load_reference
 

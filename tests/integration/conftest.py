@@ -16,8 +16,9 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.broker import EmbeddedBroker
 from monitor.sandbox.local_redis import LocalRedis
+from monitor.sandbox.ports import free_port
 
 DRIFTGATE = str(Path(sys.executable).parent / "driftgate")
 # tansu answers JoinGroup after about half the session timeout: keep it short.

@@ -22,7 +22,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.broker import EmbeddedBroker
+from monitor.sandbox.ports import free_port
 from tests.support import kcat_command
 
 pytestmark = pytest.mark.integration

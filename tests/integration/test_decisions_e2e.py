@@ -16,15 +16,22 @@ from typing import Any
 import httpx
 import pytest
 
-from monitor.core.service import Service
-from monitor.sandbox.broker import EmbeddedBroker, free_port
-from monitor.sandbox.demo import CANARY, CHAMPION, MODEL, LiveTraffic, _fit_reference, demo_settings
+from monitor.sandbox.broker import EmbeddedBroker
+from monitor.sandbox.demo import (
+    CANARY,
+    CHAMPION,
+    MODEL,
+    LiveTraffic,
+    demo_settings,
+    fit_demo_reference,
+)
+from monitor.sandbox.ports import free_port
 from monitor.sandbox.router_stub import RouterStub
 from monitor.sandbox.traffic import TrafficGenerator
-from monitor.serve.runner import run_service
 from rollback.audit import verify_file
 from rollback.rules import RuleSpec
 from rollback.signing import new_secret
+from tests.support import running_service
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +48,7 @@ async def _scenario(kafka: EmbeddedBroker, workdir: Path, broken: bool,
     secret = new_secret()
     router = RouterStub(secrets=[secret], weights={MODEL: {CHAMPION: 90, CANARY: 10}})
     await router.start()
-    (workdir / "reference.json").write_text(_fit_reference(3).to_json())
+    (workdir / "reference.json").write_text(fit_demo_reference(3).to_json())
     port = free_port()
     settings = demo_settings(kafka.bootstrap_servers, workdir, router.url, secret, port,
                              suffix=suffix)
@@ -49,33 +56,24 @@ async def _scenario(kafka: EmbeddedBroker, workdir: Path, broken: bool,
     k = settings.kafka
     await kafka.create_topics({k.predictions_topic: 2, k.labels_topic: 2,
                                k.dead_letter_topic: 1, k.decisions_topic: 1})
-    holder: dict[str, Service] = {}
-    task = asyncio.create_task(run_service(settings, install_signals=False,
-                                           started=lambda s: holder.__setitem__("s", s)))
-    deadline = time.time() + 30
-    while "s" not in holder and time.time() < deadline and not task.done():
-        await asyncio.sleep(0.05)
-    service = holder["s"]
-    while not service.source.status().assigned and time.time() < deadline:
-        await asyncio.sleep(0.1)
-    t0 = time.time()
-    gen = TrafficGenerator(seed=21, canary_share=0.3, bug_at=t0 if broken else None)
-    traffic = LiveTraffic(kafka.bootstrap_servers, settings, gen, 1500.0, router)
-    stop = asyncio.Event()
-    ttask = asyncio.create_task(traffic.run(stop))
-    await asyncio.sleep(DURATION)
-    async with httpx.AsyncClient() as client:
-        verdict = (await client.get(f"http://127.0.0.1:{port}/v1/verdict",
-                                    params={"model": MODEL, "version": CANARY})).json()
-        flagger = await client.post(f"http://127.0.0.1:{port}/v1/flagger/rollback",
-                                    json={"name": "card-fraud", "namespace": "risk",
-                                          "phase": "Progressing",
-                                          "metadata": {"model": MODEL}})
-        metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    stop.set()
-    await asyncio.wait_for(ttask, 10)
-    service.stopping.set()
-    await asyncio.wait_for(task, 30)
+    async with running_service(settings) as run:
+        service = await run.started(30)
+        t0 = time.time()
+        gen = TrafficGenerator(seed=21, canary_share=0.3, bug_at=t0 if broken else None)
+        traffic = LiveTraffic(kafka.bootstrap_servers, settings, gen, 1500.0, router)
+        stop = asyncio.Event()
+        ttask = asyncio.create_task(traffic.run(stop))
+        await asyncio.sleep(DURATION)
+        async with httpx.AsyncClient() as client:
+            verdict = (await client.get(f"http://127.0.0.1:{port}/v1/verdict",
+                                        params={"model": MODEL, "version": CANARY})).json()
+            flagger = await client.post(f"http://127.0.0.1:{port}/v1/flagger/rollback",
+                                        json={"name": "card-fraud", "namespace": "risk",
+                                              "phase": "Progressing",
+                                              "metadata": {"model": MODEL}})
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        stop.set()
+        await asyncio.wait_for(ttask, 10)
     await router.stop()
     return {"router": router, "service": service, "settings": settings, "verdict": verdict,
             "flagger": flagger.status_code, "metrics": metrics, "traffic": traffic}

@@ -36,7 +36,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from detectors import ReferenceProfile
-from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.broker import EmbeddedBroker
+from monitor.sandbox.ports import free_port
 from monitor.sandbox.traffic import TrafficGenerator
 from tests.integration.conftest import GROUP_TUNING, DriftgateProcess, wait_until
 from tests.integration.test_service_e2e import _dead_letters, _setup_topics

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.sandbox.broker import EmbeddedBroker
 from monitor.sandbox.local_redis import LocalRedis
+from monitor.sandbox.ports import free_port
 from monitor.sandbox.traffic import TrafficGenerator
 from tests.integration.conftest import produce, wait_until
 from tests.integration.test_service_e2e import _assert_exact, _config, _done, _setup_topics

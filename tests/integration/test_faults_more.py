@@ -21,19 +21,19 @@ import pytest
 import yaml
 
 from monitor.config import AlertingSettings, WebhookSettings, load_settings
-from monitor.core.service import Service
-from monitor.sandbox.broker import EmbeddedBroker, free_port
+from monitor.core.decisions import DecisionLayer
+from monitor.sandbox.broker import EmbeddedBroker
 from monitor.sandbox.demo import CANARY, CHAMPION, MODEL, LiveTraffic, demo_settings
 from monitor.sandbox.local_redis import LocalRedis
+from monitor.sandbox.ports import free_port
 from monitor.sandbox.router_stub import RouterStub
 from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator
-from monitor.serve.runner import run_service
 from rollback.audit import verify_file
 from rollback.rules import RuleSpec
 from rollback.signing import new_secret
 from tests.integration.conftest import GROUP_TUNING, produce, wait_until
 from tests.integration.test_service_e2e import _committed, _config, _end_offsets, _setup_topics
-from tests.support import encode, fit_reference, oracle, parse_metrics, sample
+from tests.support import encode, fit_reference, oracle, parse_metrics, running_service, sample
 
 pytestmark = pytest.mark.integration
 
@@ -280,7 +280,7 @@ async def test_failover_kill9_lease_holder_one_rollback_even_after_restart(
 
         async def lease() -> str | None:
             v = await rdb.get(f"{prefix}lease")
-            return v.decode() if v is not None else None
+            return v.decode() if isinstance(v, bytes) else v
 
         holder = await _until(lease, 10, "an evaluator lease holder")
         await asyncio.sleep(3)  # both instances consume and commit live traffic
@@ -288,7 +288,7 @@ async def test_failover_kill9_lease_holder_one_rollback_even_after_restart(
         survivor = "dg-b" if holder == "dg-a" else "dg-a"
         # only the lease holder evaluates rules: its /metrics shows them, the other's not
         holder_m, other_m = await _scrape(procs[holder]), await _scrape(procs[survivor])
-        rule = {"rule": ROLLBACK_RULE["name"], "model": MODEL, "version": CANARY,
+        rule = {"rule": str(ROLLBACK_RULE["name"]), "model": MODEL, "version": CANARY,
                 "severity": "rollback"}
         assert sample(holder_m, "driftgate_rule_state", **rule, state="firing") == 0
         assert sum(sample(holder_m, "driftgate_rule_state", **rule, state=st) or 0
@@ -397,62 +397,46 @@ async def test_webhook_receiver_down_30s_retried_then_delivered_once(
     k = settings.kafka
     await kafka.create_topics({k.predictions_topic: 2, k.labels_topic: 2,
                                k.dead_letter_topic: 1, k.decisions_topic: 1})
-    holder: dict[str, Service] = {}
     started_at = time.monotonic()
-    task = asyncio.create_task(run_service(settings, install_signals=False,
-                                           started=lambda s: holder.__setitem__("s", s)))
     stop = asyncio.Event()
     traffic_task: asyncio.Task[None] | None = None
     try:
-        async def up() -> Service | None:
-            if task.done():
-                task.result()
-            s = holder.get("s")
-            return s if s is not None and s.source.status().assigned else None
+        async with running_service(settings) as run:
+            service = await run.started(30)
+            layer: DecisionLayer = service.decisions
+            gen = TrafficGenerator(seed=29, canary_share=0.1, bug_at=time.time())  # broken now
+            traffic = LiveTraffic(kafka.bootstrap_servers, settings, gen, 1000.0, router)
+            traffic_task = asyncio.create_task(traffic.run(stop))
 
-        service = await _until(up, 30, "the service with its partitions")
-        layer = service.decisions
-        gen = TrafficGenerator(seed=29, canary_share=0.1, bug_at=time.time())  # broken now
-        traffic = LiveTraffic(kafka.bootstrap_servers, settings, gen, 1000.0, router)
-        traffic_task = asyncio.create_task(traffic.run(stop))
+            async def refused() -> int:
+                return layer.attempts[(ROUTER, "retry")]
 
-        async def refused() -> int:
-            return layer.attempts[(ROUTER, "retry")]
+            await _until(refused, down_for - 5, "a refused delivery attempt")
+            await asyncio.sleep(max(0.0, started_at + down_for - time.monotonic()))
+            # still down: several refused attempts, nothing delivered, nothing given up
+            assert layer.outcomes == {}
+            retries_while_down = layer.attempts[(ROUTER, "retry")]
+            assert retries_while_down >= 3, layer.attempts
+            await router.start()
+            assert router.port == router_port
+            router_up = time.time()
 
-        await _until(refused, down_for - 5, "a refused delivery attempt")
-        await asyncio.sleep(max(0.0, started_at + down_for - time.monotonic()))
-        # still down: several refused attempts, nothing delivered, nothing given up
-        assert layer.outcomes == {}
-        retries_while_down = layer.attempts[(ROUTER, "retry")]
-        assert retries_while_down >= 3, layer.attempts
-        await router.start()
-        assert router.port == router_port
-        router_up = time.time()
+            async def delivered() -> bool:
+                return layer.outcomes[(ROUTER, "delivered")] == 1
 
-        async def delivered() -> bool:
-            return layer.outcomes[(ROUTER, "delivered")] == 1
-
-        # the longest wait is one capped, jittered backoff plus an attempt
-        await _until(delivered, cap * 1.2 + 2 * settings.webhooks.timeout_seconds + 5,
-                     "the retried rollback delivered")
-        await asyncio.sleep(2)  # time for a duplicate to show up
-        async with httpx.AsyncClient(timeout=5) as client:
-            metrics = parse_metrics((await client.get(
-                f"http://127.0.0.1:{http_port}/metrics")).text)
-        stop.set()
-        await asyncio.wait_for(traffic_task, 10)
-        service.stopping.set()
-        await asyncio.wait_for(task, 30)
+            # the longest wait is one capped, jittered backoff plus an attempt
+            await _until(delivered, cap * 1.2 + 2 * settings.webhooks.timeout_seconds + 5,
+                         "the retried rollback delivered")
+            await asyncio.sleep(2)  # time for a duplicate to show up
+            async with httpx.AsyncClient(timeout=5) as client:
+                metrics = parse_metrics((await client.get(
+                    f"http://127.0.0.1:{http_port}/metrics")).text)
+            stop.set()
+            await asyncio.wait_for(traffic_task, 10)
     finally:
         stop.set()
         if traffic_task is not None and not traffic_task.done():
             traffic_task.cancel()
-        if not task.done():
-            if "s" in holder:
-                holder["s"].stopping.set()
-                await asyncio.wait_for(task, 30)
-            else:
-                task.cancel()
         await router.stop()
     # exactly one signed rollback reached the router, after it came up
     assert len(router.received) == 1, router.received

@@ -15,7 +15,6 @@ Every wait is bounded; producers never use idempotence (tansu lacks
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,9 +32,11 @@ from monitor.config import Settings, load_settings
 from monitor.core.service import Service
 from monitor.engine import Engine
 from monitor.ingest.faust_source import FaustSource
-from monitor.ingest.sources import KafkaSource, MemoryDeadLetterSink, Source
+from monitor.ingest.kafka import KafkaSource
+from monitor.ingest.sources import MemoryDeadLetterSink, Source
 from monitor.sandbox.broker import EmbeddedBroker
 from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator
+from tests.support import serving
 
 pytestmark = pytest.mark.integration
 
@@ -147,8 +148,7 @@ async def _run_service(settings: Settings, source: Source, reference: ReferenceP
     sink = MemoryDeadLetterSink()
     service = Service(settings, source, sink, reference)
     t0 = time.monotonic()
-    task = asyncio.create_task(service.run(), name="driftgate-service")
-    try:
+    async with serving(service) as task:
         deadline = t0 + RUN_TIMEOUT_S
         while not _done(service.engine, predictions, labels):
             if task.done():
@@ -162,15 +162,6 @@ async def _run_service(settings: Settings, source: Source, reference: ReferenceP
                                      f"status={source.status()}")
             await asyncio.sleep(0.1)
         elapsed = time.monotonic() - t0
-    finally:
-        service.stopping.set()
-        try:
-            await asyncio.wait_for(task, timeout=30)
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
     assert sink.records == []
     return service, elapsed
 

@@ -29,7 +29,7 @@ from aiohttp import web
 from monitor.config import load_settings
 from monitor.core.decisions import DecisionLayer
 from monitor.core.service import Service
-from monitor.sandbox.broker import free_port
+from monitor.sandbox.ports import free_port
 from monitor.serve.http import build_app, decision_routes
 from tests.support import fit_reference, in_process_service, write_config
 

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import yaml
 
 from monitor.config import _PATH_KEYS as CONFIG_PATH_KEYS  # the config's file-path keys
 from monitor.config import Settings, load_settings
+from monitor.sandbox.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"
@@ -159,12 +159,6 @@ def http(url: str, body: Any = None) -> Any:
         return json.loads(text)
     except ValueError:
         return text.decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ----------------------------------------------------------------- PromQL
@@ -776,7 +770,9 @@ def test_compose_names_and_ports_agree(compose_settings: Settings) -> None:
     assert (router_url.hostname, router_url.port) == (
         "router", int(_command_option(svc["router"]["command"], "--port")))
     init = svc["kafka-init"]["command"][0]
-    created = set(re.search(r"for topic in ([^;]+);", init).group(1).split())
+    topics_loop = re.search(r"for topic in ([^;]+);", init)
+    assert topics_loop is not None, init
+    created = set(topics_loop.group(1).split())
     assert created == {s.kafka.predictions_topic, s.kafka.labels_topic,
                        s.kafka.dead_letter_topic, s.kafka.decisions_topic}
     assert f"--bootstrap-server {s.kafka.bootstrap_servers}" in init

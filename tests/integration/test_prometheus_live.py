@@ -54,11 +54,18 @@ from aiokafka import AIOKafkaProducer
 
 from monitor.config import Settings
 from monitor.core.service import Service
-from monitor.sandbox.broker import EmbeddedBroker, free_port
-from monitor.sandbox.demo import CANARY, CHAMPION, MODEL, LiveTraffic, _fit_reference, demo_settings
+from monitor.sandbox.broker import EmbeddedBroker
+from monitor.sandbox.demo import (
+    CANARY,
+    CHAMPION,
+    MODEL,
+    LiveTraffic,
+    demo_settings,
+    fit_demo_reference,
+)
+from monitor.sandbox.ports import free_port
 from monitor.sandbox.router_stub import RouterStub
 from monitor.sandbox.traffic import CATEGORIES, TrafficBatch, TrafficGenerator, score
-from monitor.serve.runner import run_service
 from rollback.signing import new_secret
 from tests.integration.conftest import wait_until
 from tests.integration.test_ops_configs import (
@@ -74,6 +81,7 @@ from tests.integration.test_ops_configs import (
     recording_rules,
     tool,
 )
+from tests.support import running_service
 
 pytestmark = pytest.mark.integration
 
@@ -341,7 +349,7 @@ class Scenario:
         self.router = await RouterStub(secrets=[secret],
                                        weights={MODEL: {CHAMPION: 90, CANARY: 10}}).start()
         self.stack.push_async_callback(self.router.stop)
-        (self.workdir / "reference.json").write_text(_fit_reference(7).to_json())
+        (self.workdir / "reference.json").write_text(fit_demo_reference(7).to_json())
         settings = demo_settings(self.kafka.bootstrap_servers, self.workdir, self.router.url,
                                  secret, free_port(), suffix="promlive")
         self.settings = settings.model_copy(update={"alerting": settings.alerting.model_copy(
@@ -349,24 +357,9 @@ class Scenario:
         k = self.settings.kafka
         await self.kafka.create_topics({k.predictions_topic: 2, k.labels_topic: 2,
                                         k.dead_letter_topic: 1, k.decisions_topic: 1})
-        holder: dict[str, Service] = {}
-        self.service_task = asyncio.create_task(run_service(
-            self.settings, install_signals=False,
-            started=lambda s: holder.__setitem__("s", s)))
-        self.stack.push_async_callback(self._stop_service)
-        deadline = time.monotonic() + 45
-        while "s" not in holder:
-            if self.service_task.done():
-                self.service_task.result()
-                raise RuntimeError("driftgate stopped before it started")
-            if time.monotonic() > deadline:
-                raise RuntimeError("driftgate did not start within 45 s")
-            await asyncio.sleep(0.05)
-        self.service = holder["s"]
-        while not self.service.source.status().assigned:
-            if time.monotonic() > deadline or self.service_task.done():
-                raise RuntimeError("driftgate got no partitions within 45 s")
-            await asyncio.sleep(0.1)
+        run = await self.stack.enter_async_context(running_service(self.settings))
+        self.service_task = run.task
+        self.service = await run.started(45)
 
     async def start_traffic(self) -> None:
         assert self.settings is not None
@@ -425,15 +418,6 @@ class Scenario:
         self.stop_traffic.set()
         if self.tasks:
             await asyncio.wait_for(asyncio.gather(*self.tasks), timeout=15)
-
-    async def _stop_service(self) -> None:
-        if self.service is not None:
-            self.service.stopping.set()
-        if self.service_task is not None:
-            if self.service is None:
-                self.service_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self.service_task, timeout=30)
 
     async def stop(self) -> None:
         await self.stack.aclose()

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from monitor.config import load_settings
 from monitor.core.metrics import EngineCollector, ServiceMetrics, skipped_batch_metrics
 from monitor.engine import Engine
-from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.records import RawRecord
 from monitor.ingest.sources import SourceStatus
 from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import MODEL, encode, fit_reference, parse_metrics, sample, write_config

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import redis
 
-from monitor.engine.store import SEP, Commit, RedisStore, StoreRegressedError
+from monitor.engine.redis_store import RedisStore
+from monitor.engine.store import SEP, Commit, StoreRegressedError
 from monitor.sandbox.local_redis import LocalRedis
 
 pytestmark = pytest.mark.integration
@@ -42,7 +43,9 @@ def acl_redis(tmp_path: Path) -> Iterator[tuple[LocalRedis, str]]:
     admin = redis.Redis(host="127.0.0.1", port=server.port)
     rule = [password.join(a.split("PASSWORD")) if "PASSWORD" in a else a
             for a in documented_rule()]
-    assert admin.execute_command("ACL", "SETUSER", "driftgate", *rule) in (b"OK", "OK", True)
+    setuser = admin.execute_command(  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        "ACL", "SETUSER", "driftgate", *rule)
+    assert setuser in (b"OK", "OK", True)
     admin.close()
     try:
         yield server, password

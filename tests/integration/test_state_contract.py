@@ -14,8 +14,10 @@ import pytest
 
 from monitor.config import load_settings
 from monitor.engine import Engine
-from monitor.engine.store import SEP, Commit, MemoryStore, RedisStore, StateStore
-from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.engine.redis_store import RedisStore
+from monitor.engine.store import SEP, Commit, MemoryStore, StateStore
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.records import RawRecord
 from monitor.sandbox.local_redis import LocalRedis
 from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import MODEL, fit_reference, write_config
@@ -109,7 +111,7 @@ async def test_global_read_sums_instances(store: tuple[StateStore, Any]) -> None
     await s.commit(Commit("b", slices={k: np.array([10, 20], dtype=np.int64)},
                           counters={n: 30.0, wm: 90.0, active: now + 600}))
     slices, counters = await s.read_global()
-    total = sum(np.frombuffer(b, dtype=np.int64) for b in slices[k])
+    total = np.sum([np.frombuffer(b, dtype=np.int64) for b in slices[k]], axis=0)
     assert total.tolist() == [11, 22]
     assert counters[n] == 33.0
     # event time: the slowest active instance's watermark holds the windows
@@ -215,7 +217,7 @@ async def test_engine_state_survives_a_restart_through_the_store(
 
 async def test_join_snapshots_keep_the_stored_log_bounded(
         store: tuple[StateStore, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import monitor.engine as engine_mod
+    import monitor.engine.join as engine_mod
 
     monkeypatch.setattr(engine_mod, "_SNAPSHOT_MIN_BYTES", 2_000)
     s, _ = store

@@ -19,7 +19,9 @@ GOLDEN_FIRST_DETECTION = 2047
 
 def step_stream() -> np.ndarray:
     rng = np.random.default_rng(42)
-    return np.r_[rng.normal(0.0, 0.1, CHANGE_POINT), rng.normal(0.5, 0.1, CHANGE_POINT)]
+    stream: np.ndarray = np.r_[rng.normal(0.0, 0.1, CHANGE_POINT),
+                               rng.normal(0.5, 0.1, CHANGE_POINT)]
+    return stream
 
 
 def feed_in_batches(det: BatchADWIN, values: np.ndarray, sizes: list[int]) -> list[int]:
@@ -153,10 +155,10 @@ def test_same_detections_and_state_as_rivers_own_update_loop(
         start += chunk.size
         if start >= values.size:
             break
-    river = ADWIN()
+    river = ADWIN()  # type: ignore[no-untyped-call]  # river's ADWIN is unannotated
     expected = []
     for i, x in enumerate(values.tolist()):
-        river.update(x)
+        river.update(x)  # type: ignore[no-untyped-call]
         if river.drift_detected:
             expected.append(i)
     assert positions == expected

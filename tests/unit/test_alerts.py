@@ -10,7 +10,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.sandbox.ports import free_port
 from rollback.alerts import ZERO_TIME, AlertSpec, alert_payload, fingerprint, rfc3339
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
@@ -218,12 +218,6 @@ def test_alert_payload_validation() -> None:
 AM_BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.integration
 async def test_payload_matches_what_alertmanager_sends(tmp_path: Path) -> None:
     # make test installs prometheus-alertmanager: missing is a failure, not a skip
@@ -238,10 +232,10 @@ async def test_payload_matches_what_alertmanager_sends(tmp_path: Path) -> None:
     app.router.add_post("/alerts", hook)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    hook_port = _free_port()
+    hook_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", hook_port).start()
 
-    am_port = _free_port()
+    am_port = free_port()
     external = f"http://127.0.0.1:{am_port}"
     config = tmp_path / "alertmanager.yml"
     config.write_text(

@@ -202,8 +202,9 @@ def fitted_categorical(draw: st.DrawFn) -> tuple[CategoricalBins, dict[str, list
     top_k = draw(st.integers(min_value=1, max_value=6))
     bins = CategoricalBins.fit(reference, top_k=top_k)
     n_events = draw(st.integers(min_value=0, max_value=25))
-    batch = {name: draw(st.lists(category_values, min_size=n_events, max_size=n_events))
-             for name in names}
+    batch: dict[str, list[object]] = {
+        name: draw(st.lists(category_values, min_size=n_events, max_size=n_events))
+        for name in names}
     return bins, batch
 
 

@@ -13,7 +13,9 @@ from detectors import ReferenceProfile
 from monitor.config import Settings, load_settings
 from monitor.core.metrics import EngineCollector, max_series
 from monitor.engine import Engine
-from monitor.ingest.codec import EventCodec, RawRecord, VersionSlots
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.records import RawRecord
+from monitor.ingest.slots import VersionSlots
 from tests.support import MODEL, encode, fit_reference, write_config
 
 TS = 1_700_000_000.0

@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import Settings, load_settings
-from monitor.ingest.codec import REASONS, DecodedBatch, EventCodec, RawRecord
+from monitor.ingest.codec import REASONS, EventCodec
+from monitor.ingest.columns import DecodedBatch
+from monitor.ingest.records import RawRecord
 from monitor.sandbox.traffic import NUMERIC_FEATURES
 from tests.support import MODEL, encode, write_config
 

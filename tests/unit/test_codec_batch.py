@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import Settings, load_settings
-from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.records import RawRecord
 from tests.support import MODEL, write_config
 
 

@@ -1,4 +1,4 @@
-"""The compiled fast path (monitor/_native/fastdecode.c) decodes exactly as msgspec.
+"""The compiled fast path (monitor/ingest/_native/fastdecode.c) decodes exactly as msgspec.
 
 The fast path fills the prediction columns straight from yyjson documents. It
 may take a batch only if every record is one msgspec decodes to the same
@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import Settings, load_settings
-from monitor.ingest import codec as codec_module
-from monitor.ingest.codec import FAST_DECODE_AVAILABLE, EventCodec, RawRecord
+from monitor.ingest import fastpath as codec_module
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.fastpath import FAST_DECODE_AVAILABLE
+from monitor.ingest.records import RawRecord, Record
 from tests.support import MODEL, assert_fast_path_agrees, write_config
 
 FEATURES = ["amount", "hour", "txn_velocity_1h"]
@@ -45,7 +47,7 @@ def base(i: int = 0, **extra: Any) -> dict[str, Any]:
     return ev
 
 
-def records(values: list[bytes]) -> list[RawRecord]:
+def records(values: list[bytes]) -> list[Record]:
     return [RawRecord("predictions", i % 3, i, v) for i, v in enumerate(values)]
 
 
@@ -312,7 +314,7 @@ def label(i: int = 0, **extra: Any) -> dict[str, Any]:
     return ev
 
 
-def label_records(values: list[bytes]) -> list[RawRecord]:
+def label_records(values: list[bytes]) -> list[Record]:
     return [RawRecord("labels", i % 3, i, v) for i, v in enumerate(values)]
 
 
@@ -412,7 +414,8 @@ def test_the_service_exports_batches_by_codec_path(tmp_path: Any) -> None:
     from prometheus_client import generate_latest
 
     from monitor.core.service import Service
-    from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource, SourceBatch
+    from monitor.ingest.replay import ReplaySource
+    from monitor.ingest.sources import MemoryDeadLetterSink, SourceBatch
     from tests.support import fit_reference, parse_metrics, sample
 
     ref = fit_reference()
@@ -451,7 +454,9 @@ def test_without_the_extension_msgspec_decodes_everything(tmp_path: Any) -> None
     code = f"""
 import sys, json
 sys.modules["monitor.ingest._fastdecode"] = None  # import fails as if never built
-from monitor.ingest.codec import FAST_DECODE_AVAILABLE, EventCodec, RawRecord
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.fastpath import FAST_DECODE_AVAILABLE
+from monitor.ingest.records import RawRecord
 from monitor.config import load_settings
 codec = EventCodec(load_settings({str(cfg)!r}))
 ev = {{"event_id": "e1", "model": "{MODEL}", "model_version": "v1", "ts": 1.7e9,

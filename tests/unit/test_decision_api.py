@@ -14,8 +14,10 @@ from monitor.cli import app as cli_app
 from monitor.config import load_settings
 from monitor.core.decisions import DecisionLayer
 from monitor.core.service import Service
-from monitor.ingest.codec import EventCodec, RawRecord
-from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.records import RawRecord
+from monitor.ingest.replay import ReplaySource
+from monitor.ingest.sources import MemoryDeadLetterSink
 from monitor.sandbox.traffic import TrafficGenerator
 from monitor.serve.http import build_app, decision_routes
 from tests.support import MODEL, fit_reference, write_config

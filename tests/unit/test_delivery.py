@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
+from monitor.sandbox.ports import free_port
 from rollback.delivery import (
     Attempt,
     DeliveryResult,
@@ -140,12 +140,6 @@ def sender_for(url: str, sleep: RecordingSleep, **kw: object) -> WebhookSender:
                                "timeout_s": 2.0, "sleep": sleep}
     opts.update(kw)
     return WebhookSender(url, [SECRET], **opts)  # type: ignore[arg-type]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def library_verifies(seen: Seen, secret: str = SECRET) -> bool:

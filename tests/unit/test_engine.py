@@ -16,7 +16,8 @@ import pytest
 from detectors import ReferenceProfile
 from monitor.config import Settings, load_settings
 from monitor.engine import SCORE_FEATURE, Engine
-from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.records import RawRecord
 from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import MODEL, encode, fit_reference, oracle, write_config
 

@@ -17,7 +17,8 @@ from detectors import ReferenceProfile
 from monitor.config import Settings
 from monitor.engine import Engine
 from monitor.engine.store import MemoryStore
-from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.records import RawRecord, Record
 from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import MODEL, encode, fit_reference, oracle
 from tests.unit.test_engine import SLICE, START, WINDOW, make_settings
@@ -374,7 +375,8 @@ def test_start_up_says_what_a_restart_loses(tmp_path: Path, ref: ReferenceProfil
     from structlog.testing import capture_logs
 
     from monitor.core.service import Service
-    from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource
+    from monitor.ingest.replay import ReplaySource
+    from monitor.ingest.sources import MemoryDeadLetterSink
 
     data = tmp_path / "events.jsonl"
     data.write_bytes(encode({k: v for k, v in pred("a", START).items() if k != "_p"}) + b"\n")
@@ -424,7 +426,7 @@ def test_records_in_hand_do_not_count_as_caught_up(tmp_path: Path, ref: Referenc
         async def commit(self, offsets: Any) -> None:
             return None
 
-    def recs(events: list[dict[str, Any]]) -> list[RawRecord]:
+    def recs(events: list[dict[str, Any]]) -> list[Record]:
         return [RawRecord("predictions", e["_p"], i,
                           encode({k: v for k, v in e.items() if k != "_p"}))
                 for i, e in enumerate(events)]

@@ -35,7 +35,9 @@ from hypothesis import strategies as st
 
 from monitor.config import Settings, load_settings
 from monitor.core.service import Service
-from monitor.ingest.codec import REASONS, DecodedBatch, EventCodec, RawRecord, Rejected
+from monitor.ingest.codec import REASONS, EventCodec
+from monitor.ingest.columns import DecodedBatch
+from monitor.ingest.records import RawRecord, Record, Rejected
 from monitor.ingest.sources import MemoryDeadLetterSink, SourceBatch, SourceStatus
 from monitor.sandbox.traffic import NUMERIC_FEATURES
 from tests.support import MODEL, assert_fast_path_agrees, fit_reference, write_config
@@ -235,6 +237,11 @@ def outcome(codec: EventCodec, record: RawRecord, kind: str) -> str:
     """"decoded" or the rejection reason of one record."""
     b = codec.decode([record]) if kind == "prediction" else codec.decode([], [record])
     return b.rejected[0].reason if b.rejected else "decoded"
+
+
+def as_records(records: Sequence[Record]) -> list[Record]:
+    """``records`` (the same objects) as the ``list[Record]`` a SourceBatch holds."""
+    return list(records)
 
 
 def mix(bad: list[RawRecord], ok: list[RawRecord]) -> list[RawRecord]:
@@ -1026,7 +1033,8 @@ async def test_service_dead_letters_and_counts(
     want = Counter((id(r.record), r.reason) for r in expected.rejected)
     want.update((id(r), "unknown_topic") for r in others)
 
-    await service.handle(SourceBatch(preds, labels, others, dict(offsets)))
+    await service.handle(SourceBatch(as_records(preds), as_records(labels), as_records(others),
+                                     dict(offsets)))
 
     got = Counter((id(rec), reason) for rec, reason, _ in sink.records)
     assert got == want
@@ -1046,7 +1054,8 @@ async def test_service_dead_letters_and_counts(
     # the service keeps handling: a following valid batch is all counted
     nxt, _, _, _ = ok_records(after, [], "next")
     before = sum(st_.predictions_total for st_ in engine.versions.values())
-    await service.handle(SourceBatch(predictions=nxt, next_offsets={(PRED_TOPIC, 0): 99}))
+    await service.handle(SourceBatch(predictions=as_records(nxt),
+                                     next_offsets={(PRED_TOPIC, 0): 99}))
     INPUTS["service"] += len(nxt)
     assert len(sink.records) == sum(want.values())
     assert sum(st_.predictions_total for st_ in engine.versions.values()) == before + len(nxt)

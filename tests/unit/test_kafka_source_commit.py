@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaConnectionError
 from structlog.testing import capture_logs
 
 from monitor.config import KafkaSettings
-from monitor.ingest.sources import KafkaSource
+from monitor.ingest.kafka import KafkaSource
 
 
 class StubConsumer:

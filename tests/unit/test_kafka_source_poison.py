@@ -36,16 +36,13 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 from prometheus_client import generate_latest
 from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
 from monitor.config import KafkaSettings, load_settings
 from monitor.core.service import Service
-from monitor.ingest.sources import (
-    SKIP_REASONS,
-    KafkaSource,
-    MemoryDeadLetterSink,
-    SourceBatch,
-    SourceStatus,
-)
+from monitor.ingest.kafka import KafkaSource
+from monitor.ingest.poison import SKIP_REASONS
+from monitor.ingest.sources import MemoryDeadLetterSink, SourceBatch, SourceStatus
 from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import encode, fit_reference, parse_metrics, sample, write_config
 
@@ -183,9 +180,9 @@ def _source(stub: Any) -> KafkaSource:
 
 
 async def _drain(src: KafkaSource, polls: int = 6
-                 ) -> tuple[list[SourceBatch], list[dict[str, Any]]]:
+                 ) -> tuple[list[SourceBatch], list[EventDict]]:
     """Poll like the service does (commit each batch's offsets), ``polls`` times."""
-    batches = []
+    batches: list[SourceBatch] = []
     with capture_logs() as logs:
         for _ in range(polls):
             b = await src.poll(0.01)

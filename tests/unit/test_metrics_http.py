@@ -19,7 +19,8 @@ from monitor.config import Settings, load_settings
 from monitor.core.metrics import EngineCollector, ServiceMetrics
 from monitor.core.service import Service
 from monitor.engine import Engine
-from monitor.ingest.codec import EventCodec, RawRecord
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.records import RawRecord, Record
 from monitor.ingest.sources import MemoryDeadLetterSink, SourceBatch, SourceStatus
 from monitor.sandbox.traffic import TrafficGenerator
 from monitor.serve.http import build_app
@@ -50,10 +51,10 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def records(preds: list[dict[str, Any]], labels: list[dict[str, Any]]
-            ) -> tuple[list[RawRecord], list[RawRecord]]:
-    p = [RawRecord("predictions", 0, i, encode(e)) for i, e in enumerate(preds)]
+            ) -> tuple[list[Record], list[Record]]:
+    p: list[Record] = [RawRecord("predictions", 0, i, encode(e)) for i, e in enumerate(preds)]
     p += [RawRecord("predictions", 0, len(p) + i, v) for i, v in enumerate(INVALID)]
-    lab = [RawRecord("labels", 0, i, encode(e)) for i, e in enumerate(labels)]
+    lab: list[Record] = [RawRecord("labels", 0, i, encode(e)) for i, e in enumerate(labels)]
     return p, lab
 
 

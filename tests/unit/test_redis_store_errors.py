@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from redis.exceptions import WatchError
 
-from monitor.engine.store import Commit, RedisStore, StoreRegressedError, StoreUnavailableError
+from monitor.engine.redis_store import RedisStore
+from monitor.engine.store import Commit, StoreRegressedError, StoreUnavailableError
 
 LOST = "A ConnectionError occurred while watching one or more keys"
 

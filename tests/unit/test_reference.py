@@ -31,7 +31,7 @@ def profile() -> ReferenceProfile:
 
 
 def _replace(profile: ReferenceProfile, **changes: Any) -> ReferenceProfile:
-    fields = {
+    fields: dict[str, Any] = {
         "numeric": profile.numeric, "categorical": profile.categorical, "score": profile.score,
         "numeric_counts": profile.numeric_counts,
         "categorical_counts": profile.categorical_counts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ from monitor.config import load_settings
 from monitor.core.decisions import DecisionLayer
 from monitor.core.service import Service
 from monitor.engine.reservoir import SliceReservoir
-from monitor.ingest.codec import EventCodec, RawRecord
-from monitor.ingest.sources import MemoryDeadLetterSink, ReplaySource
-from monitor.sandbox.broker import free_port
+from monitor.ingest.codec import EventCodec
+from monitor.ingest.records import RawRecord
+from monitor.ingest.replay import ReplaySource
+from monitor.ingest.sources import MemoryDeadLetterSink
+from monitor.sandbox.ports import free_port
 from monitor.sandbox.traffic import TrafficGenerator
 from monitor.serve.http import build_app, decision_routes
 from monitor.serve.reports import build_report
@@ -125,7 +128,8 @@ def test_report_route_and_cli(tmp_path: Path) -> None:
         thread.join(10)
 
 
-def _algorithm_r(res: SliceReservoir, slice_ids: Any, numeric: Any, cats: list[list[object]],
+def _algorithm_r(res: SliceReservoir, slice_ids: Any, numeric: Any,
+                 cats: Sequence[Sequence[object]],
                  score: Any) -> int:
     """Reference: the reservoir's draws applied one row at a time (algorithm R);
     returns how many kept draws hit a place already drawn in the same batch."""

@@ -12,7 +12,7 @@ import numpy as np
 from monitor.config import load_settings
 from monitor.core.service import Service
 from monitor.engine.store import MemoryStore
-from monitor.ingest.codec import RawRecord
+from monitor.ingest.records import RawRecord
 from monitor.ingest.sources import MemoryDeadLetterSink, SourceBatch, SourceStatus
 from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import fit_reference, write_config
