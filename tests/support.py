@@ -39,7 +39,7 @@ from detectors import ReferenceProfile, js_divergence, kl_divergence, psi
 from detectors.kpi import wilson_interval
 from monitor.config import Settings
 from monitor.core.service import Service
-from monitor.sandbox.traffic import NUMERIC_FEATURES, healthy_reference
+from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator, healthy_reference
 from monitor.serve.runner import run_service
 
 MODEL = "card-fraud"
@@ -480,3 +480,61 @@ async def serving(service: Service, stop_timeout_s: float = 30.0
         yield task
     finally:
         await stop_service(service, task, stop_timeout_s)
+
+
+# ------------------------------------------------- the end-to-end test stream
+#: event time of the first event of :func:`e2e_stream`
+STREAM_START = 1_700_000_000.0
+#: predictions in :func:`e2e_stream`
+STREAM_EVENTS = 6000
+STREAM_RATE = 50.0  # events/s of event time: the stream spans 120 s
+
+
+def e2e_stream(seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(predictions, labels) of the end-to-end tests: STREAM_EVENTS predictions
+    from STREAM_START at STREAM_RATE, 30 % canary, the canary breaking half-way."""
+    gen = TrafficGenerator(seed=seed, canary_share=0.3,
+                           bug_at=STREAM_START + STREAM_EVENTS / STREAM_RATE / 2)
+    batch = gen.generate(STREAM_EVENTS, STREAM_START, STREAM_RATE)
+    return batch.predictions, batch.labels
+
+
+def assert_exact_metrics(metrics: dict[str, Any], preds: list[dict[str, Any]],
+                         labels: list[dict[str, Any]]) -> None:
+    """Every count, confusion cell, PSI/KL/JS and KPI scraped from a service with
+    the test config (10 s slices, 600 s window) equals the oracle's over
+    ``preds`` and ``labels``, and the drift of :func:`e2e_stream` shows."""
+    ref = fit_reference()
+    exp = oracle(preds, labels, ref, slice_seconds=10, window_seconds=600)
+    for (model, version), n in exp.predictions.items():
+        assert sample(metrics, "driftgate_events_total", model=model, version=version,
+                      kind="prediction") == n
+        assert sample(metrics, "driftgate_events_total", model=model, version=version,
+                      kind="label") == exp.joined[(model, version)]
+        assert sample(metrics, "driftgate_window_events", model=model,
+                      version=version) == exp.window_events[(model, version)]
+        assert sample(metrics, "driftgate_late_events_total", model=model,
+                      version=version) == 0
+        for cell in ("tp", "fp", "fn", "tn"):
+            assert sample(metrics, "driftgate_confusion_total", model=model, version=version,
+                          cell=cell) == exp.confusion[(model, version)][cell], cell
+    assert_divergences_and_kpis(metrics, exp)
+    assert sample(metrics, "driftgate_labels_received_total") == len(labels)
+    # the drift half-way shows: the canary's velocity feature moved, the champion's not
+    assert exp.psi[(MODEL, "v2", "txn_velocity_1h", "reference")] > 0.2
+    assert exp.psi[(MODEL, "v1", "txn_velocity_1h", "reference")] < 0.05
+
+
+def all_consumed(dg: Any, n_preds: int, n_labels: int) -> dict[str, Any] | None:
+    """The parsed /metrics of ``dg`` (a process with ``metrics()``) once it has
+    counted ``n_preds`` predictions and received ``n_labels`` labels, else None."""
+    m = parse_metrics(dg.metrics())
+    preds = sum(v for k, v in m.get("driftgate_events_total", {}).items()
+                if ("kind", "prediction") in k)
+    rx = sample(m, "driftgate_labels_received_total") or 0
+    return m if preds >= n_preds and rx >= n_labels else None
+
+
+def group_id_of(cfg: Path) -> str:
+    """The Kafka consumer group of a YAML config file."""
+    return str(yaml.safe_load(cfg.read_text())["kafka"]["group_id"])

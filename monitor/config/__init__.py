@@ -44,10 +44,10 @@ from monitor.config.sections import (
     WebhookSettings,
     WindowSettings,
 )
-from monitor.config.settings import _PATH_KEYS as _PATH_KEYS  # the file-path keys
-from monitor.config.settings import ConfigError, Settings, load_settings
+from monitor.config.settings import PATH_KEYS, ConfigError, Settings, load_settings
 
 __all__ = [
+    "PATH_KEYS",
     "AdminSettings",
     "AlertingSettings",
     "AuditSettings",

@@ -4,7 +4,7 @@ What lives here: :class:`Settings` (the sections of
 :mod:`monitor.config.sections` plus the rules that span sections),
 :func:`load_settings` (YAML file, environment, overrides; relative paths
 resolved against the file's directory by :func:`_resolve_paths`, whose keys are
-:data:`_PATH_KEYS`) and :class:`ConfigError` (each bad key and the reason, from
+:data:`PATH_KEYS`) and :class:`ConfigError` (each bad key and the reason, from
 :func:`_problems`; secret values are never echoed).
 
 May import: the standard library, pydantic, pydantic-settings, PyYAML,
@@ -51,7 +51,7 @@ from monitor.config.sections import (
 )
 from rollback.rules import RuleSpec
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["PATH_KEYS", "ConfigError", "Settings", "load_settings"]
 
 
 class ConfigError(Exception):
@@ -257,15 +257,16 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         _YAML_DATA.reset(token)
 
 
-_PATH_KEYS = {("reference", "path"), ("kafka", "ssl_cafile"), ("kafka", "ssl_certfile"),
-              ("kafka", "ssl_keyfile"), ("kafka", "sasl_password_file"),
-              ("webhooks", "secrets_file"), ("audit", "path"), ("admin", "token_file"),
-              ("state", "password_file"), ("state", "tls_ca_file")}
+#: the keys that name files: resolved against the config file's folder
+PATH_KEYS = {("reference", "path"), ("kafka", "ssl_cafile"), ("kafka", "ssl_certfile"),
+             ("kafka", "ssl_keyfile"), ("kafka", "sasl_password_file"),
+             ("webhooks", "secrets_file"), ("audit", "path"), ("admin", "token_file"),
+             ("state", "password_file"), ("state", "tls_ca_file")}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     out = dict(data)
-    for section, key in _PATH_KEYS:
+    for section, key in PATH_KEYS:
         sect = out.get(section)
         if isinstance(sect, dict) and isinstance(sect.get(key), str):
             value = Path(sect[key])

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from detectors import ReferenceProfile
 
-__all__ = ["SAMPLE_KEY", "RowSource", "SliceReservoir", "attach_sample"]
+__all__ = ["SAMPLE_KEY", "RowSource", "SliceReservoir", "SliceSample", "attach_sample"]
 
 SAMPLE_KEY = "sample"
 
@@ -31,7 +31,10 @@ class RowSource(Protocol):
 
 
 @dataclass
-class _Slice:
+class SliceSample:
+    """One slice's reservoir: the first ``filled`` rows are the sample of the
+    ``seen`` rows offered."""
+
     numeric: npt.NDArray[np.float64]
     categorical: list[list[object]]
     score: npt.NDArray[np.float64]
@@ -59,7 +62,7 @@ class SliceReservoir:
     n_numeric: int
     n_categorical: int
     seed: int = 0
-    slices: dict[int, _Slice] = field(default_factory=dict)
+    slices: dict[int, SliceSample] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.capacity < 1 or self.n_slices < 1:
@@ -76,7 +79,7 @@ class SliceReservoir:
             rows = np.flatnonzero(slice_ids == sid)
             sl = self.slices.get(sid)
             if sl is None:
-                sl = self.slices[sid] = _Slice(
+                sl = self.slices[sid] = SliceSample(
                     np.empty((k, self.n_numeric)), [[] for _ in range(k)], np.empty(k))
             # fill the free places first, then algorithm R for the rest
             free = min(k - sl.filled, rows.size)

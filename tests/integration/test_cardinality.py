@@ -25,8 +25,7 @@ from monitor.config import load_settings
 from monitor.core.metrics import max_series
 from monitor.sandbox.broker import EmbeddedBroker
 from monitor.sandbox.traffic import TrafficGenerator
-from tests.integration.conftest import GROUP_TUNING, wait_until
-from tests.integration.test_service_e2e import _setup_topics
+from tests.integration.helpers import GROUP_TUNING, setup_topics, wait_until
 from tests.support import (
     MODEL,
     encode,
@@ -124,7 +123,7 @@ def _pairs(m: dict[str, Any]) -> set[tuple[str, str]]:
 @pytest.mark.parametrize("allow_unknown", [True, False], ids=["unknown-models", "junk-versions"])
 def test_flood_of_names_stays_within_the_caps(kafka: EmbeddedBroker, driftgate: Any,
                                              tmp_path: Path, allow_unknown: bool) -> None:
-    topics = asyncio.run(_setup_topics(kafka, PARTITIONS))
+    topics = asyncio.run(setup_topics(kafka, PARTITIONS))
     ref_path = tmp_path / "reference.json"
     ref_path.write_text(fit_reference().to_json())
     cfg = write_config(

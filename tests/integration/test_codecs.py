@@ -38,20 +38,20 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 
 from monitor.sandbox.broker import EmbeddedBroker
-from tests.integration.conftest import wait_until
-from tests.integration.test_service_e2e import (
-    _assert_exact,
-    _committed,
-    _config,
-    _dead_letters,
-    _done,
-    _group_of,
-    _setup_topics,
-    _stream,
+from tests.integration.helpers import (
+    committed_offsets,
+    read_dead_letters,
+    service_config,
+    setup_topics,
+    wait_until,
 )
 from tests.support import (
     MODEL,
+    all_consumed,
+    assert_exact_metrics,
+    e2e_stream,
     encode,
+    group_id_of,
     parse_metrics,
     produce_aiokafka,
     produce_librdkafka,
@@ -168,8 +168,8 @@ def _settled(dg: Any, n_preds: int) -> dict[str, Any]:
 def test_every_codec_from_librdkafka_and_aiokafka_is_counted_exactly(
         kafka: EmbeddedBroker, driftgate: Any, tmp_path: Path) -> None:
     parts = 2
-    topics = asyncio.run(_setup_topics(kafka, parts))
-    preds, labels = _stream(seed=21)
+    topics = asyncio.run(setup_topics(kafka, parts))
+    preds, labels = e2e_stream(seed=21)
     partition_of = {p["event_id"]: i % parts for i, p in enumerate(preds)}
     runs = [(client, codec) for client in ("librdkafka", "aiokafka") for codec in CODECS]
     per_codec: Counter[int] = Counter()
@@ -196,12 +196,12 @@ def test_every_codec_from_librdkafka_and_aiokafka_is_counted_exactly(
     assert held == per_codec, (held, per_codec)
     assert set(held) == set(CODEC_IDS.values())
 
-    cfg = _config(tmp_path, kafka, topics, group=f"codec-{uuid.uuid4().hex[:6]}")
+    cfg = service_config(tmp_path, kafka, topics, group=f"codec-{uuid.uuid4().hex[:6]}")
     dg = driftgate(cfg)
-    wait_until(lambda: _done(dg, len(preds), len(labels)), timeout=90,
+    wait_until(lambda: all_consumed(dg, len(preds), len(labels)), timeout=90,
                what="every codec consumed")
     metrics = _settled(dg, len(preds))
-    _assert_exact(metrics, preds, labels)
+    assert_exact_metrics(metrics, preds, labels)
     assert not any(metrics.get("driftgate_invalid_events_total", {}).values())
     assert not any(metrics.get("driftgate_skipped_batches_total", {}).values())
     assert sample(metrics, "driftgate_dead_letter_records_total") == 0
@@ -229,9 +229,9 @@ def _skip_lines(dg: Any) -> list[dict[str, Any]]:
 def test_an_undecodable_batch_skips_itself_and_nothing_else(
         kafka: EmbeddedBroker, driftgate: Any, tmp_path: Path) -> None:
     parts, bad_part = 3, 1
-    topics = asyncio.run(_setup_topics(kafka, parts))
+    topics = asyncio.run(setup_topics(kafka, parts))
     pred_topic = topics["predictions_topic"]
-    preds, labels = _stream(seed=22)
+    preds, labels = e2e_stream(seed=22)
     where = {p["event_id"]: i % parts for i, p in enumerate(preds)}
     bootstrap = kafka.bootstrap_servers
 
@@ -253,7 +253,7 @@ def test_an_undecodable_batch_skips_itself_and_nothing_else(
             record_batch(_poison_values("gzip", 5)), 1))],
     }
     send(preds[2000:4000], pred_topic)
-    cfg = _config(tmp_path, kafka, topics, group=f"poison-{uuid.uuid4().hex[:6]}")
+    cfg = service_config(tmp_path, kafka, topics, group=f"poison-{uuid.uuid4().hex[:6]}")
     dg = driftgate(cfg)
 
     def predictions_counted() -> float:
@@ -270,10 +270,10 @@ def test_an_undecodable_batch_skips_itself_and_nothing_else(
         record_batch(_poison_values("zstd", 3)), 4)))
     send(preds[5000:], pred_topic)
     send(labels, topics["labels_topic"])
-    wait_until(lambda: _done(dg, len(preds), len(labels)), timeout=90,
+    wait_until(lambda: all_consumed(dg, len(preds), len(labels)), timeout=90,
                what="everything after the bad batches consumed")
     metrics = _settled(dg, len(preds))
-    _assert_exact(metrics, preds, labels)  # no poison record counted, no good one lost
+    assert_exact_metrics(metrics, preds, labels)  # no poison record counted, no good one lost
     assert not any(metrics.get("driftgate_invalid_events_total", {}).values())
     for reason, ranges in bad.items():
         assert sample(metrics, "driftgate_skipped_batches_total", topic=pred_topic,
@@ -285,7 +285,7 @@ def test_an_undecodable_batch_skips_itself_and_nothing_else(
     assert sample(metrics, "driftgate_dead_letter_records_total") == 3
     assert dg.get("/readyz").status_code == 200
     # dead-lettered with what can be recovered: where, which offsets, why
-    dlq = asyncio.run(_dead_letters(bootstrap, topics["dead_letter_topic"], 3))
+    dlq = asyncio.run(read_dead_letters(bootstrap, topics["dead_letter_topic"], 3))
     got = sorted((dict(m.headers)["driftgate-reason"].decode(),
                   dict(m.headers)["driftgate-offsets"].decode(),
                   dict(m.headers)["driftgate-source"].decode()) for m in dlq)
@@ -306,7 +306,7 @@ def test_an_undecodable_batch_skips_itself_and_nothing_else(
     ends = {**_ends(asyncio.run(stored_batches(bootstrap, pred_topic, parts)), pred_topic),
             **_ends(asyncio.run(stored_batches(bootstrap, topics["labels_topic"], parts)),
                     topics["labels_topic"])}
-    committed = asyncio.run(_committed(bootstrap, _group_of(cfg),
-                                       [pred_topic, topics["labels_topic"]]))
+    committed = asyncio.run(committed_offsets(bootstrap, group_id_of(cfg),
+                                              [pred_topic, topics["labels_topic"]]))
     assert committed == ends
     assert "Traceback" not in dg.log.read_text()

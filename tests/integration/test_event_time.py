@@ -39,8 +39,13 @@ from detectors import ReferenceProfile
 from monitor.sandbox.broker import EmbeddedBroker
 from monitor.sandbox.ports import free_port
 from monitor.sandbox.traffic import TrafficGenerator
-from tests.integration.conftest import GROUP_TUNING, DriftgateProcess, wait_until
-from tests.integration.test_service_e2e import _dead_letters, _setup_topics
+from tests.integration.helpers import (
+    GROUP_TUNING,
+    DriftgateProcess,
+    read_dead_letters,
+    setup_topics,
+    wait_until,
+)
 from tests.support import (
     MODEL,
     Expected,
@@ -231,7 +236,7 @@ def backlog(kafka: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
     yields the service, the events and a /metrics snapshot taken when all of
     them were consumed."""
     tmp_path = tmp_path_factory.mktemp("backlog")
-    topics = asyncio.run(_setup_topics(kafka, len(BACKLOG_RATES)))
+    topics = asyncio.run(setup_topics(kafka, len(BACKLOG_RATES)))
     preds_by_part, labels_by_part = _backlog()
     assert [len(p) for p in preds_by_part] == _BACKLOG_SIZES
     bootstrap = kafka.bootstrap_servers
@@ -337,7 +342,7 @@ def test_a_genuinely_late_event_is_still_counted_late(kafka: EmbeddedBroker,
 # ------------------------------------------------------ 3: ten years ahead
 def test_an_event_ten_years_ahead_is_refused_and_moves_nothing(
         kafka: EmbeddedBroker, tmp_path: Path) -> None:
-    topics = asyncio.run(_setup_topics(kafka, 2))
+    topics = asyncio.run(setup_topics(kafka, 2))
     now = time.time()
     gen = TrafficGenerator(seed=31, canary_share=0.3, fraud_rate=0.03)
     normal = gen.generate(1000, now - 400.0, 1000 / 300.0)  # 300 s, ending 100 s ago
@@ -357,7 +362,7 @@ def test_an_event_ten_years_ahead_is_refused_and_moves_nothing(
                   reason="future_timestamp") == 1
     assert sum(m.get("driftgate_invalid_events_total", {}).values()) == 1
     assert sample(m, "driftgate_dead_letter_records_total") == 1
-    dlq = asyncio.run(_dead_letters(kafka.bootstrap_servers, topics["dead_letter_topic"], 1))
+    dlq = asyncio.run(read_dead_letters(kafka.bootstrap_servers, topics["dead_letter_topic"], 1))
     assert len(dlq) == 1
     headers = dict(dlq[0].headers)
     assert headers["driftgate-reason"] == b"future_timestamp"
@@ -387,7 +392,7 @@ def test_copies_through_kafka_are_counted_once(kafka: EmbeddedBroker,
     ones and of joined labels, interleaved on both topics."""
     rng = random.Random(4)
     n_parts = 3
-    topics = asyncio.run(_setup_topics(kafka, n_parts))
+    topics = asyncio.run(setup_topics(kafka, n_parts))
     bootstrap = kafka.bootstrap_servers
     now = time.time()
     gen = TrafficGenerator(seed=41, canary_share=0.4, fraud_rate=0.05)

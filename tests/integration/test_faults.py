@@ -18,9 +18,20 @@ from monitor.sandbox.broker import EmbeddedBroker
 from monitor.sandbox.local_redis import LocalRedis
 from monitor.sandbox.ports import free_port
 from monitor.sandbox.traffic import TrafficGenerator
-from tests.integration.conftest import produce, wait_until
-from tests.integration.test_service_e2e import _assert_exact, _config, _done, _setup_topics
-from tests.support import encode, parse_metrics
+from tests.integration.helpers import (
+    committed_offsets,
+    produce,
+    service_config,
+    setup_topics,
+    wait_until,
+)
+from tests.support import (
+    all_consumed,
+    assert_exact_metrics,
+    encode,
+    group_id_of,
+    parse_metrics,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -46,16 +57,17 @@ def _redis_stream(kafka: EmbeddedBroker, redis_server: LocalRedis, tmp_path: Pat
 
     gen = TrafficGenerator(seed=seed, canary_share=0.3, bug_at=START + n / 200 / 2)
     batch = gen.generate(n, START, 200.0)
-    topics = asyncio.run(_setup_topics(kafka, 4))
+    topics = asyncio.run(setup_topics(kafka, 4))
     keys = [p["event_id"].encode() for p in batch.predictions]
     asyncio.run(produce(kafka.bootstrap_servers, topics["predictions_topic"],
                         [encode(p) for p in batch.predictions], keys=keys))
     asyncio.run(produce(kafka.bootstrap_servers, topics["labels_topic"],
                         [encode(x) for x in batch.labels], keys=keys))
     port = free_port()
-    cfg = _config(tmp_path, kafka, topics, group=f"{name}-{uuid.uuid4().hex[:6]}", port=port,
-                  state={"backend": "redis", "redis_url": redis_server.url,
-                         "instance_id": f"dg-{name}", "key_prefix": f"{name}:", **state})
+    cfg = service_config(tmp_path, kafka, topics, group=f"{name}-{uuid.uuid4().hex[:6]}",
+                         port=port,
+                         state={"backend": "redis", "redis_url": redis_server.url,
+                                "instance_id": f"dg-{name}", "key_prefix": f"{name}:", **state})
     doc = yaml.safe_load(cfg.read_text())
     doc["kafka"]["max_poll_records"] = max_poll_records
     cfg.write_text(yaml.safe_dump(doc))
@@ -79,17 +91,15 @@ def test_kill9_five_times_counts_stay_exact(kafka: EmbeddedBroker, redis_server:
         dg = driftgate(cfg, port)
     assert len(kills) == 5
 
-    wait_until(lambda: _done(dg, n, n), timeout=180, what="the whole stream counted")
+    wait_until(lambda: all_consumed(dg, n, n), timeout=180, what="the whole stream counted")
     time.sleep(1.5)  # a tick after the last batch: the global view is fresh
-    _assert_exact(parse_metrics(dg.metrics()), preds, labels)
+    assert_exact_metrics(parse_metrics(dg.metrics()), preds, labels)
     assert dg.terminate() == 0
 
 
 def test_redis_killed_and_restarted_counts_stay_exact(kafka: EmbeddedBroker,
                                                       redis_server: LocalRedis,
                                                       driftgate: Any, tmp_path: Path) -> None:
-    from tests.integration.test_service_e2e import _committed, _group_of
-
     n = 30_000
     preds, labels, topics, cfg, port = _redis_stream(kafka, redis_server, tmp_path, n,
                                                      seed=41, name="rk", max_poll_records=200,
@@ -101,17 +111,17 @@ def test_redis_killed_and_restarted_counts_stay_exact(kafka: EmbeddedBroker,
     wait_until(lambda: dg.get("/readyz").status_code == 503, timeout=30,
                what="/readyz not ready while redis is down")
     tlist = [topics["predictions_topic"], topics["labels_topic"]]
-    group = _group_of(cfg)
-    before = asyncio.run(_committed(kafka.bootstrap_servers, group, tlist))
+    group = group_id_of(cfg)
+    before = asyncio.run(committed_offsets(kafka.bootstrap_servers, group, tlist))
     time.sleep(3)
-    during = asyncio.run(_committed(kafka.bootstrap_servers, group, tlist))
+    during = asyncio.run(committed_offsets(kafka.bootstrap_servers, group, tlist))
     assert during == before, "a Kafka offset advanced while redis was down"
     assert dg.get("/readyz").status_code == 503
     redis_server.start()  # same port and directory: it reloads its AOF
 
-    wait_until(lambda: _done(dg, n, n), timeout=180,
+    wait_until(lambda: all_consumed(dg, n, n), timeout=180,
                what="the whole stream counted after redis came back")
     time.sleep(1.5)
-    _assert_exact(parse_metrics(dg.metrics()), preds, labels)
+    assert_exact_metrics(parse_metrics(dg.metrics()), preds, labels)
     assert dg.get("/readyz").status_code == 200
     assert dg.terminate() == 0

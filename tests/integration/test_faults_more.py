@@ -31,8 +31,15 @@ from monitor.sandbox.traffic import NUMERIC_FEATURES, TrafficGenerator
 from rollback.audit import verify_file
 from rollback.rules import RuleSpec
 from rollback.signing import new_secret
-from tests.integration.conftest import GROUP_TUNING, produce, wait_until
-from tests.integration.test_service_e2e import _committed, _config, _end_offsets, _setup_topics
+from tests.integration.helpers import (
+    GROUP_TUNING,
+    committed_offsets,
+    end_offsets,
+    produce,
+    service_config,
+    setup_topics,
+    wait_until,
+)
 from tests.support import encode, fit_reference, oracle, parse_metrics, running_service, sample
 
 pytestmark = pytest.mark.integration
@@ -80,11 +87,11 @@ def test_broker_paused_10s_mid_stream_reconnects_and_counts_exactly(
     half = n // 2
     # our own broker: pausing the module's shared one would disturb other tests
     with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
-        topics = asyncio.run(_setup_topics(broker, 4))
+        topics = asyncio.run(setup_topics(broker, 4))
         bootstrap = broker.bootstrap_servers
         port = free_port()
-        cfg = _config(tmp_path, broker, topics, group=f"pause-{uuid.uuid4().hex[:6]}",
-                      port=port)
+        cfg = service_config(tmp_path, broker, topics, group=f"pause-{uuid.uuid4().hex[:6]}",
+                             port=port)
         doc = yaml.safe_load(cfg.read_text())
         doc["kafka"]["max_poll_records"] = 100  # many small batches: the pause lands inside
         # an offset commit after every batch: the frozen broker stops the consumer in the
@@ -140,8 +147,8 @@ def test_broker_paused_10s_mid_stream_reconnects_and_counts_exactly(
         assert "Traceback" not in log, log[-3000:]
         # and the group's committed offsets are the end of every partition
         tlist = [topics["predictions_topic"], topics["labels_topic"]]
-        committed = asyncio.run(_committed(bootstrap, doc["kafka"]["group_id"], tlist))
-        ends = asyncio.run(_end_offsets(bootstrap, tlist, 2 * n))
+        committed = asyncio.run(committed_offsets(bootstrap, doc["kafka"]["group_id"], tlist))
+        ends = asyncio.run(end_offsets(bootstrap, tlist, 2 * n))
         assert committed == ends
 
 
@@ -220,7 +227,7 @@ def _audit_records(path: Path) -> list[dict[str, Any]]:
 
 
 async def _live_topics(kafka: EmbeddedBroker, partitions: int) -> dict[str, str]:
-    topics = await _setup_topics(kafka, partitions)
+    topics = await setup_topics(kafka, partitions)
     await kafka.create_topics({topics["decisions_topic"]: 1})
     return topics
 
@@ -556,13 +563,14 @@ async def test_secrets_never_in_logs_audit_status_or_metrics(
                 webhooks["secrets_file"] = str(workdir / "webhook-secrets")
             port = free_port()
             audit = workdir / "audit.jsonl"
-            cfg = _config(workdir, kafka, topics, group=f"sec-{mode}-{uuid.uuid4().hex[:6]}",
-                          port=port,
-                          models=[{"name": MODEL, "champion": CHAMPION, "canary": CANARY,
-                                   "rollback_url": f"{router.url}/rollback"}],
-                          rules=[{**ROLLBACK_RULE, "sustain_seconds": 1}],
-                          log={"format": "json", "level": "debug"}, audit={"path": str(audit)},
-                          state=state, webhooks=webhooks, admin=admin)
+            cfg = service_config(workdir, kafka, topics,
+                                 group=f"sec-{mode}-{uuid.uuid4().hex[:6]}", port=port,
+                                 models=[{"name": MODEL, "champion": CHAMPION, "canary": CANARY,
+                                          "rollback_url": f"{router.url}/rollback"}],
+                                 rules=[{**ROLLBACK_RULE, "sustain_seconds": 1}],
+                                 log={"format": "json", "level": "debug"},
+                                 audit={"path": str(audit)},
+                                 state=state, webhooks=webhooks, admin=admin)
             before = len(router.received)
             dg = await asyncio.to_thread(driftgate, cfg, port)
 
@@ -613,7 +621,7 @@ async def test_secrets_never_in_logs_audit_status_or_metrics(
 
 def test_config_error_does_not_echo_secret_values(tmp_path: Path) -> None:
     """A config error names each bad secret key but never prints the secret."""
-    from tests.integration.conftest import DRIFTGATE
+    from tests.integration.helpers import DRIFTGATE
 
     bad = {
         # a single secret where a list is expected: the commonest slip
@@ -641,7 +649,7 @@ def test_config_error_does_not_echo_secret_values(tmp_path: Path) -> None:
 
 
 def test_env_secret_not_a_json_list_is_a_config_error(tmp_path: Path) -> None:
-    from tests.integration.conftest import DRIFTGATE
+    from tests.integration.helpers import DRIFTGATE
 
     secret = new_secret()
     cfg = tmp_path / "ok.yaml"

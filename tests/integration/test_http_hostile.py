@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from monitor.sandbox.broker import EmbeddedBroker
-from tests.integration.conftest import DRIFTGATE, GROUP_TUNING
+from tests.integration.helpers import DRIFTGATE, GROUP_TUNING
 from tests.support import MODEL, fit_reference, write_config
 
 BODY = 2 << 20  # 2 MiB: over the 1 MiB limit

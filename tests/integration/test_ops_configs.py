@@ -20,7 +20,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -34,18 +33,32 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from monitor.config import _PATH_KEYS as CONFIG_PATH_KEYS  # the config's file-path keys
+from monitor.config import PATH_KEYS as CONFIG_PATH_KEYS  # the config's file-path keys
 from monitor.config import Settings, load_settings
 from monitor.sandbox.ports import free_port
+from tests.ops_support import (
+    AM_CONFIG,
+    DASHBOARDS,
+    EXPORTED_METRICS,
+    GRAFANA,
+    GRAFANA_BUILTINS,
+    HISTOGRAM_RE,
+    METRIC_SOURCES,
+    PROM_CONFIG,
+    PROM_DIR,
+    ROOT,
+    RULE_FILES,
+    alert_rules,
+    dashboard_exprs,
+    dashboards,
+    load_yaml,
+    metric_names,
+    recording_rules,
+    rules,
+    tool,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-PROM_DIR = ROOT / "deploy" / "prometheus"
-PROM_CONFIG = PROM_DIR / "prometheus.yml"
-RULE_FILES = sorted((PROM_DIR / "rules").glob("*.yml"))
 PROM_TESTS = sorted((PROM_DIR / "tests").glob("*.yml"))
-AM_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
-GRAFANA = ROOT / "grafana"
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = (K8S / "base", K8S / "overlays" / "production")
@@ -58,48 +71,12 @@ K8S_VERSION = "1.32.0"  # the kubectl the project ships against
 INTEGRATION = pytest.mark.integration
 
 # ------------------------------------------------------ exported metric names
-# The single list of what driftgate exports, read from the collectors' source
-# so it cannot drift from the code: every *MetricFamily / Histogram name.
-#: every module of the service that may define a metric family (not the sandbox)
-METRIC_SOURCES = tuple(sorted(p for p in (ROOT / "monitor").rglob("*.py")
-                             if "sandbox" not in p.parts))
+# EXPORTED_METRICS (tests/support.py) is read from the collectors' source.
 HTTP_SOURCES = tuple(sorted((ROOT / "monitor" / "serve").rglob("*.py")))
-_FAMILY_RE = re.compile(r'\b(Counter|Gauge|Info)MetricFamily\(\s*"(driftgate_[a-z0-9_]+)"')
-_HISTOGRAM_RE = re.compile(r'\bHistogram\(\s*"(driftgate_[a-z0-9_]+)"')
-
-
-def _exported_metric_names() -> frozenset[str]:
-    names: set[str] = set()
-    for path in METRIC_SOURCES:
-        src = path.read_text()
-        for kind, name in _FAMILY_RE.findall(src):
-            if kind == "Counter":
-                names.add(name.removesuffix("_total") + "_total")
-            elif kind == "Info":
-                names.add(name + "_info")
-            else:
-                names.add(name)
-        for name in _HISTOGRAM_RE.findall(src):
-            names.update({f"{name}_bucket", f"{name}_sum", f"{name}_count"})
-    return frozenset(names)
-
-
-EXPORTED_METRICS = _exported_metric_names()
 PROMETHEUS_METRICS = frozenset({"up"})  # synthesised by Prometheus per target
 
 
 # ------------------------------------------------------------------ helpers
-def tool(*names: str) -> str:
-    """Path of the first tool found; fails (never skips) when none is."""
-    for name in names:
-        path = shutil.which(name)
-        if path is None and Path("/usr/bin", name).is_file():
-            path = str(Path("/usr/bin", name))
-        if path is not None:
-            return path
-    pytest.fail(f"{' / '.join(names)} is not installed (make test installs it)")
-
-
 def run(*cmd: str | Path, cwd: Path = ROOT, timeout: float = 120) -> str:
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, check=False)
@@ -109,28 +86,8 @@ def run(*cmd: str | Path, cwd: Path = ROOT, timeout: float = 120) -> str:
     return proc.stdout + proc.stderr
 
 
-def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text())
-
-
 def load_yaml_all(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
-
-
-def rules() -> list[dict[str, Any]]:
-    return [r for f in RULE_FILES for g in load_yaml(f)["groups"] for r in g["rules"]]
-
-
-def alert_rules() -> dict[str, dict[str, Any]]:
-    return {r["alert"]: r for r in rules() if "alert" in r}
-
-
-def recording_rules() -> dict[str, dict[str, Any]]:
-    return {r["record"]: r for r in rules() if "record" in r}
-
-
-def dashboards() -> dict[str, dict[str, Any]]:
-    return {p.name: json.loads(p.read_text()) for p in DASHBOARDS}
 
 
 def github_slug(heading: str) -> str:
@@ -162,29 +119,6 @@ def http(url: str, body: Any = None) -> Any:
 
 
 # ----------------------------------------------------------------- PromQL
-_PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
-                    "group_right", "bool", "offset", "inf", "nan", "atan2"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names an expression selects (strings, matchers, ranges, label
-    lists and function names removed)."""
-    s = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
-    s = re.sub(r"\{[^}]*\}", " ", s)
-    s = re.sub(r"\[[^\]]*\]", " ", s)
-    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
-    names = set()
-    for m in re.finditer(r"(?<![\w.$])([a-zA-Z_:][\w:]*)(\s*\()?", s):
-        word, call = m.group(1), m.group(2)
-        if call or word.lower() in _PROMQL_KEYWORDS:
-            continue
-        names.add(word)
-    return names
-
-
-GRAFANA_BUILTINS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
-
-
 def grafana_to_promql(expr: str) -> str:
     """A dashboard expression with Grafana variables replaced by sample values."""
     for var, value in GRAFANA_BUILTINS.items():
@@ -196,27 +130,6 @@ def template_to_promql(expr: str) -> str:
     """An Argo Rollouts / Flagger query with its {{ placeholders }} filled."""
     expr = re.sub(r"\{\{\s*interval\s*\}\}", "5m", expr)
     return re.sub(r"\{\{\s*[\w.\-]+\s*\}\}", "card-fraud", expr)
-
-
-def _label_values_selector(query: str) -> str | None:
-    m = re.fullmatch(r"\s*label_values\((.*),\s*\w+\s*\)\s*", query)
-    return m.group(1) if m else None
-
-
-def dashboard_exprs() -> Iterator[tuple[str, str]]:
-    """(where, PromQL with Grafana variables) of every dashboard query."""
-    for name, dash in dashboards().items():
-        for panel in dash["panels"]:
-            for t in panel.get("targets", []):
-                yield f"{name}: panel {panel['title']!r} {t['refId']}", t["expr"]
-        for ann in dash["annotations"]["list"]:
-            if "expr" in ann:
-                yield f"{name}: annotation {ann['name']!r}", ann["expr"]
-        for var in dash["templating"]["list"]:
-            if var["type"] == "query":
-                sel = _label_values_selector(var["query"])
-                assert sel is not None, f"{name}: variable {var['name']} is not label_values()"
-                yield f"{name}: variable {var['name']}", sel
 
 
 def manifest_queries() -> Iterator[tuple[str, str]]:
@@ -517,7 +430,7 @@ def test_dashboard_structure_and_variables() -> None:
 def test_dashboards_show_every_exported_metric() -> None:
     """Every exported family appears on some dashboard (a histogram through
     any of its _bucket/_sum/_count series)."""
-    histograms = {n for path in METRIC_SOURCES for n in _HISTOGRAM_RE.findall(path.read_text())}
+    histograms = {n for path in METRIC_SOURCES for n in HISTOGRAM_RE.findall(path.read_text())}
 
     def family(name: str) -> str:
         base = re.sub(r"_(bucket|sum|count)$", "", name)

@@ -67,8 +67,8 @@ from monitor.sandbox.ports import free_port
 from monitor.sandbox.router_stub import RouterStub
 from monitor.sandbox.traffic import CATEGORIES, TrafficBatch, TrafficGenerator, score
 from rollback.signing import new_secret
-from tests.integration.conftest import wait_until
-from tests.integration.test_ops_configs import (
+from tests.integration.helpers import wait_until
+from tests.ops_support import (
     AM_CONFIG,
     EXPORTED_METRICS,
     GRAFANA_BUILTINS,

@@ -16,50 +16,48 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from monitor.sandbox.broker import EmbeddedBroker
-from monitor.sandbox.traffic import TrafficGenerator
-from tests.integration.conftest import GROUP_TUNING, produce, wait_until
+from tests.integration.helpers import (
+    committed_offsets,
+    end_offsets,
+    produce,
+    read_dead_letters,
+    service_config,
+    setup_topics,
+    wait_until,
+)
 from tests.support import (
     MODEL,
-    assert_divergences_and_kpis,
+    STREAM_START,
+    all_consumed,
+    assert_exact_metrics,
+    e2e_stream,
     encode,
     fit_reference,
+    group_id_of,
     kcat_command,
     oracle,
     parse_metrics,
     sample,
-    write_config,
 )
 
 pytestmark = pytest.mark.integration
 
-START = 1_700_000_000.0
-N_EVENTS = 6000
-RATE = 50.0  # events/s of event time: the stream spans 120 s
-
-
-def _stream(seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    gen = TrafficGenerator(seed=seed, canary_share=0.3, bug_at=START + N_EVENTS / RATE / 2)
-    batch = gen.generate(N_EVENTS, START, RATE)
-    return batch.predictions, batch.labels
-
-
 INVALID: list[tuple[str, bytes]] = [
     ("not_json", b"{not json"),
     ("score_out_of_range", encode({"event_id": "bad-1", "model": MODEL, "model_version": "v1",
-                                   "ts": START, "score": 1.5})),
+                                   "ts": STREAM_START, "score": 1.5})),
     ("score_not_finite", b'{"event_id":"bad-2","model":"card-fraud","model_version":"v1",'
                          b'"ts":1700000000,"score":1e999}'),
-    ("missing_field", encode({"event_id": "bad-3", "model": MODEL, "ts": START,
+    ("missing_field", encode({"event_id": "bad-3", "model": MODEL, "ts": STREAM_START,
                               "score": 0.1})),
     ("wrong_type", encode({"event_id": "bad-4", "model": MODEL, "model_version": "v1",
-                           "ts": START, "score": "high"})),
+                           "ts": STREAM_START, "score": "high"})),
     ("unknown_model", encode({"event_id": "bad-5", "model": "other", "model_version": "v1",
-                              "ts": START, "score": 0.1})),
+                              "ts": STREAM_START, "score": 0.1})),
     ("too_large", encode({"event_id": "bad-6", "model": MODEL, "model_version": "v1",
-                          "ts": START, "score": 0.1, "pad": "x" * 5000})),
+                          "ts": STREAM_START, "score": 0.1, "pad": "x" * 5000})),
     ("bad_timestamp", encode({"event_id": "bad-7", "model": MODEL, "model_version": "v1",
                               "ts": "yesterday", "score": 0.1})),
     ("not_utf8", b"\xff\xfe\x00garbage"),
@@ -70,133 +68,11 @@ INVALID_LABELS: list[tuple[str, bytes]] = [
 ]
 
 
-async def _setup_topics(kafka: EmbeddedBroker, partitions: int) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:8]
-    topics = {"predictions_topic": f"preds-{suffix}", "labels_topic": f"labels-{suffix}",
-              "dead_letter_topic": f"dlq-{suffix}", "decisions_topic": f"dec-{suffix}"}
-    await kafka.create_topics({topics["predictions_topic"]: partitions,
-                               topics["labels_topic"]: partitions,
-                               topics["dead_letter_topic"]: 1})
-    return topics
-
-
-def _config(tmp_path: Path, kafka: EmbeddedBroker, topics: dict[str, str], group: str,
-            port: int | None = None, **extra: Any) -> Path:
-    ref = fit_reference()
-    ref_path = tmp_path / "reference.json"
-    ref_path.write_text(ref.to_json())
-    http = {"port": port} if port else {}
-    return write_config(
-        tmp_path / f"config-{group}.yaml",
-        kafka={"bootstrap_servers": kafka.bootstrap_servers, "group_id": group,
-               **topics, **GROUP_TUNING},
-        reference={"path": str(ref_path)},
-        codec={"max_message_bytes": 4096},
-        http=http,
-        **extra,
-    )
-
-
-def _assert_exact(metrics: dict[str, Any], preds: list[dict[str, Any]],
-                  labels: list[dict[str, Any]]) -> None:
-    ref = fit_reference()
-    exp = oracle(preds, labels, ref, slice_seconds=10, window_seconds=600)
-    for (model, version), n in exp.predictions.items():
-        assert sample(metrics, "driftgate_events_total", model=model, version=version,
-                      kind="prediction") == n
-        assert sample(metrics, "driftgate_events_total", model=model, version=version,
-                      kind="label") == exp.joined[(model, version)]
-        assert sample(metrics, "driftgate_window_events", model=model,
-                      version=version) == exp.window_events[(model, version)]
-        assert sample(metrics, "driftgate_late_events_total", model=model,
-                      version=version) == 0
-        for cell in ("tp", "fp", "fn", "tn"):
-            assert sample(metrics, "driftgate_confusion_total", model=model, version=version,
-                          cell=cell) == exp.confusion[(model, version)][cell], cell
-    assert_divergences_and_kpis(metrics, exp)
-    assert sample(metrics, "driftgate_labels_received_total") == len(labels)
-    # the drift half-way shows: the canary's velocity feature moved, the champion's not
-    assert exp.psi[(MODEL, "v2", "txn_velocity_1h", "reference")] > 0.2
-    assert exp.psi[(MODEL, "v1", "txn_velocity_1h", "reference")] < 0.05
-
-
-def _done(dg: Any, n_preds: int, n_labels: int) -> dict[str, Any] | None:
-    m = parse_metrics(dg.metrics())
-    preds = sum(v for k, v in m.get("driftgate_events_total", {}).items()
-                if ("kind", "prediction") in k)
-    rx = sample(m, "driftgate_labels_received_total") or 0
-    return m if preds >= n_preds and rx >= n_labels else None
-
-
-async def _committed(bootstrap: str, group: str, topics: list[str]) -> dict[tuple[str, int],
-                                                                               int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        out: dict[tuple[str, int], int] = {}
-        for t in topics:
-            for p in consumer.partitions_for_topic(t) or await _partitions(consumer, t):
-                off = await consumer.committed(TopicPartition(t, p))
-                out[(t, p)] = -1 if off is None else off
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()
-    return consumer.partitions_for_topic(topic) or set()
-
-
-async def _end_offsets(bootstrap: str, topics: list[str],
-                       expected_total: int) -> dict[tuple[str, int], int]:
-    """Last offset + 1 per partition, found by reading every record.
-
-    (tansu answers ListOffsets "latest" wrongly, like its offsets_for_times.)
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in await _partitions(consumer, t)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = {(tp.topic, tp.partition): 0 for tp in tps}
-        seen = 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while seen < expected_total and loop.time() < deadline:
-            for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
-                seen += len(msgs)
-                ends[(tp.topic, tp.partition)] = msgs[-1].offset + 1
-        return ends
-    finally:
-        await consumer.stop()
-
-
-async def _dead_letters(bootstrap: str, topic: str, n: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while len(out) < n and loop.time() < deadline:
-            data = await consumer.getmany(timeout_ms=500)
-            for msgs in data.values():
-                out.extend(msgs)
-        return out
-    finally:
-        await consumer.stop()
-
-
 def test_exact_metrics_dead_letters_and_sigterm(kafka: EmbeddedBroker, driftgate: Any,
                                                 tmp_path: Path) -> None:
-    topics = asyncio.run(_setup_topics(kafka, 4))
-    preds, labels = _stream(seed=11)
-    cfg = _config(tmp_path, kafka, topics, group=f"g-{uuid.uuid4().hex[:6]}")
+    topics = asyncio.run(setup_topics(kafka, 4))
+    preds, labels = e2e_stream(seed=11)
+    cfg = service_config(tmp_path, kafka, topics, group=f"g-{uuid.uuid4().hex[:6]}")
     dg = driftgate(cfg)
     bad_preds = [v for _, v in INVALID]
     bad_labels = [v for _, v in INVALID_LABELS]
@@ -208,19 +84,19 @@ def test_exact_metrics_dead_letters_and_sigterm(kafka: EmbeddedBroker, driftgate
                         keys=[str(i).encode() for i in range(len(preds) + len(bad_preds))]))
     asyncio.run(produce(kafka.bootstrap_servers, topics["labels_topic"],
                         [encode(lab) for lab in labels] + bad_labels))
-    metrics = wait_until(lambda: _done(dg, len(preds), len(labels)), timeout=90,
+    metrics = wait_until(lambda: all_consumed(dg, len(preds), len(labels)), timeout=90,
                          what="all events consumed")
     # one more scrape after the last batch is surely applied everywhere
     metrics = parse_metrics(dg.metrics())
-    _assert_exact(metrics, preds, labels)
+    assert_exact_metrics(metrics, preds, labels)
     for reason, _ in INVALID:
         assert sample(metrics, "driftgate_invalid_events_total", kind="prediction",
                       reason=reason) == 1, reason
     for reason, _ in INVALID_LABELS:
         assert sample(metrics, "driftgate_invalid_events_total", kind="label",
                       reason=reason) == 1, reason
-    dlq = asyncio.run(_dead_letters(kafka.bootstrap_servers, topics["dead_letter_topic"],
-                                    len(INVALID) + len(INVALID_LABELS)))
+    dlq = asyncio.run(read_dead_letters(kafka.bootstrap_servers, topics["dead_letter_topic"],
+                                        len(INVALID) + len(INVALID_LABELS)))
     reasons = sorted(dict(m.headers)["driftgate-reason"].decode() for m in dlq)
     assert reasons == sorted(r for r, _ in INVALID + INVALID_LABELS)
     by_reason = {dict(m.headers)["driftgate-reason"].decode(): m for m in dlq}
@@ -235,25 +111,19 @@ def test_exact_metrics_dead_letters_and_sigterm(kafka: EmbeddedBroker, driftgate
     # SIGTERM: drain, commit, exit 0; committed offsets are the end offsets
     assert dg.terminate() == 0
     tlist = [topics["predictions_topic"], topics["labels_topic"]]
-    committed = asyncio.run(_committed(kafka.bootstrap_servers,
-                                       _group_of(cfg), tlist))
-    ends = asyncio.run(_end_offsets(kafka.bootstrap_servers, tlist,
-                                    len(preds) + len(INVALID) + len(labels)
-                                    + len(INVALID_LABELS)))
+    committed = asyncio.run(committed_offsets(kafka.bootstrap_servers,
+                                              group_id_of(cfg), tlist))
+    ends = asyncio.run(end_offsets(kafka.bootstrap_servers, tlist,
+                                   len(preds) + len(INVALID) + len(labels)
+                                   + len(INVALID_LABELS)))
     assert committed == ends
     assert "Traceback" not in dg.log.read_text()
 
 
-def _group_of(cfg: Path) -> str:
-    import yaml
-
-    return str(yaml.safe_load(cfg.read_text())["kafka"]["group_id"])
-
-
 def test_kcat_produced_events_are_consumed_the_same(kafka: EmbeddedBroker, driftgate: Any,
                                                     tmp_path: Path) -> None:
-    topics = asyncio.run(_setup_topics(kafka, 2))
-    preds, labels = _stream(seed=12)
+    topics = asyncio.run(setup_topics(kafka, 2))
+    preds, labels = e2e_stream(seed=12)
     kcat, env = kcat_command(tmp_path)
     for name, events in (("predictions_topic", preds), ("labels_topic", labels)):
         data = tmp_path / f"{name}.jsonl"
@@ -261,20 +131,20 @@ def test_kcat_produced_events_are_consumed_the_same(kafka: EmbeddedBroker, drift
         subprocess.run([kcat, "-P", "-b", kafka.bootstrap_servers, "-t", topics[name],
                         "-X", "enable.idempotence=false", "-l", str(data)], check=True,
                        timeout=60, env=env)
-    cfg = _config(tmp_path, kafka, topics, group=f"k-{uuid.uuid4().hex[:6]}")
+    cfg = service_config(tmp_path, kafka, topics, group=f"k-{uuid.uuid4().hex[:6]}")
     dg = driftgate(cfg)
-    wait_until(lambda: _done(dg, len(preds), len(labels)), timeout=90,
+    wait_until(lambda: all_consumed(dg, len(preds), len(labels)), timeout=90,
                what="kcat events consumed")
-    _assert_exact(parse_metrics(dg.metrics()), preds, labels)
+    assert_exact_metrics(parse_metrics(dg.metrics()), preds, labels)
     assert dg.terminate() == 0
 
 
 def test_two_instances_six_partitions_exact_sums(kafka: EmbeddedBroker, driftgate: Any,
                                                  tmp_path: Path) -> None:
-    topics = asyncio.run(_setup_topics(kafka, 6))
-    preds, labels = _stream(seed=13)
+    topics = asyncio.run(setup_topics(kafka, 6))
+    preds, labels = e2e_stream(seed=13)
     group = f"two-{uuid.uuid4().hex[:6]}"
-    cfg = _config(tmp_path, kafka, topics, group=group)
+    cfg = service_config(tmp_path, kafka, topics, group=group)
     a = driftgate(cfg)
     b = driftgate(cfg)
 
@@ -322,7 +192,7 @@ def test_two_instances_six_partitions_exact_sums(kafka: EmbeddedBroker, driftgat
 
 
 def test_config_error_exits_2_naming_the_key(tmp_path: Path) -> None:
-    from tests.integration.conftest import DRIFTGATE
+    from tests.integration.helpers import DRIFTGATE
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({"models": [{"name": "m", "champion": "v1"}],

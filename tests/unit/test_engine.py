@@ -6,7 +6,6 @@ window histograms, confusion counts and divergences with plain loops.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,62 +13,15 @@ import numpy as np
 import pytest
 
 from detectors import ReferenceProfile
-from monitor.config import Settings, load_settings
 from monitor.engine import SCORE_FEATURE, Engine
-from monitor.ingest.codec import EventCodec
-from monitor.ingest.records import RawRecord
 from monitor.sandbox.traffic import TrafficGenerator
-from tests.support import MODEL, encode, fit_reference, oracle, write_config
-
-START = 1_700_000_000.0
-SLICE, WINDOW = 10.0, 60.0
+from tests.support import MODEL, fit_reference, oracle
+from tests.unit.engine_support import SLICE, START, WINDOW, Feeder, label, make_settings, pred
 
 
 @pytest.fixture(scope="module")
 def ref() -> ReferenceProfile:
     return fit_reference(n=5000)
-
-
-def make_settings(tmp_path: Path, **sections: Any) -> Settings:
-    windows = {"slice_seconds": SLICE, "window_seconds": WINDOW, "kpi_window_seconds": 600,
-               "allowed_lateness_seconds": 30}
-    windows.update(sections.pop("windows", {}))
-    sections.setdefault("reference", {"fit_from_champion_events": 10})
-    return load_settings(write_config(tmp_path / "config.yaml", windows=windows, **sections))
-
-
-class Feeder:
-    """An engine plus its codec: feeds event dicts as records."""
-
-    def __init__(self, settings: Settings, ref: ReferenceProfile) -> None:
-        self.codec = EventCodec(settings)
-        self.engine = Engine(settings, ref, clock=lambda: 123.0)
-
-    def feed(self, preds: Sequence[dict[str, Any]] = (),
-             labels: Sequence[dict[str, Any]] = ()) -> Any:
-        batch = self.codec.decode(
-            [RawRecord("predictions", 0, i, encode(e)) for i, e in enumerate(preds)],
-            [RawRecord("labels", 0, i, encode(e)) for i, e in enumerate(labels)])
-        assert batch.rejected == [], batch.rejected
-        return self.engine.process(batch)
-
-    def feed_in(self, n_batches: int, preds: Sequence[dict[str, Any]],
-                labels: Sequence[dict[str, Any]]) -> None:
-        """Predictions and their labels in ``n_batches`` consecutive chunks."""
-        for chunk in np.array_split(np.arange(len(preds)), n_batches):
-            idx = chunk.tolist()
-            self.feed([preds[i] for i in idx], [labels[i] for i in idx])
-
-
-def pred(eid: str, ts: float, version: str = "v1", score: float = 0.1,
-         **extra: Any) -> dict[str, Any]:
-    return {"event_id": eid, "model": MODEL, "model_version": version, "ts": ts,
-            "score": score, "amount": 10.0,
-            "features": {"amount": 10.0, "hour": 12.0, "merchant_category": "fuel"}, **extra}
-
-
-def label(eid: str, y: int = 0, **extra: Any) -> dict[str, Any]:
-    return {"event_id": eid, "label": y, **extra}
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from monitor.ingest.codec import EventCodec
 from monitor.ingest.records import RawRecord, Record
 from monitor.sandbox.traffic import TrafficGenerator
 from tests.support import MODEL, encode, fit_reference, oracle
-from tests.unit.test_engine import SLICE, START, WINDOW, make_settings
+from tests.unit.engine_support import SLICE, START, WINDOW, make_settings
 
 
 @pytest.fixture(scope="module")

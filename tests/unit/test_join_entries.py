@@ -28,7 +28,7 @@ from monitor.engine.join import (
     pending_entry,
 )
 from tests.support import fit_reference
-from tests.unit.test_engine import SLICE, START, Feeder, label, make_settings, pred
+from tests.unit.engine_support import SLICE, START, Feeder, label, make_settings, pred
 
 
 def test_named_indices_read_the_fields_they_name() -> None:

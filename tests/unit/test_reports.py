@@ -133,7 +133,7 @@ def _algorithm_r(res: SliceReservoir, slice_ids: Any, numeric: Any,
                  score: Any) -> int:
     """Reference: the reservoir's draws applied one row at a time (algorithm R);
     returns how many kept draws hit a place already drawn in the same batch."""
-    from monitor.engine.reservoir import _Slice
+    from monitor.engine.reservoir import SliceSample
 
     k = res.per_slice
     repeats = 0
@@ -141,7 +141,7 @@ def _algorithm_r(res: SliceReservoir, slice_ids: Any, numeric: Any,
         rows = np.flatnonzero(slice_ids == sid)
         sl = res.slices.get(sid)
         if sl is None:
-            sl = res.slices[sid] = _Slice(np.empty((k, res.n_numeric)),
+            sl = res.slices[sid] = SliceSample(np.empty((k, res.n_numeric)),
                                           [[] for _ in range(k)], np.empty(k))
         free = min(k - sl.filled, rows.size)
         for j, i in enumerate(rows[:free].tolist()):
