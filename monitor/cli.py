@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -73,6 +73,73 @@ def replay(file: Annotated[Path, typer.Argument(help="JSONL or Parquet events.")
     doc["invalid"] = ({f"{k}/{r}": n for (k, r), n in service.engine.invalid.items()}
                       if service.engine else {})
     typer.echo(json.dumps(doc, indent=2, default=str))
+
+
+@app.command()
+def backtest(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (created; must be "
+                                      "empty unless --force).")],
+    file: Annotated[Path | None, typer.Argument(
+        help="One JSONL or Parquet file of predictions and labels.")] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        help="Predictions file (with --labels, instead of FILE).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels file (with --predictions).")
+                      ] = None,
+    incidents: Annotated[Path | None, typer.Option(
+        help="Known incidents (JSON or JSONL) to score the run against.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite the backtest files in a non-empty "
+                                        "--out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")
+                     ] = False,
+) -> None:
+    """Backtest the config on a file in event time: timeline, audit log and summary in
+    --out (nothing is sent); with --incidents, score detection delay and false alarms."""
+    if file is not None and (predictions is not None or labels is not None):
+        _fail("give either FILE or --predictions and --labels, not both")
+    if file is None and (predictions is None or labels is None):
+        _fail("give FILE, or both --predictions and --labels")
+    inputs = [file] if file is not None else [predictions, labels]
+    paths = [p for p in inputs if p is not None]
+    for p in paths:
+        if not p.is_file():
+            _fail(f"input file {str(p)!r} does not exist")
+    settings = _settings(config)
+
+    from monitor.logs import configure_logging
+    from monitor.serve.backtest import BacktestOptions, prepare_out, run_backtest
+    from monitor.serve.backtest_score import load_incidents
+
+    configure_logging(settings.log.format, "error")
+    try:
+        prepare_out(out, force)
+        known = load_incidents(incidents) if incidents is not None else None
+        opts = BacktestOptions(inputs=paths, out=out, incidents=known,
+                               progress=None if quiet else _print_progress,
+                               config_path=str(config))
+        summary = asyncio.run(run_backtest(settings, opts))
+    except ValueError as exc:
+        _fail(str(exc))
+    brief = {k: summary[k] for k in ("out", "events", "event_time", "ticks", "would_send")}
+    brief["decisions"] = summary["decisions"]["list"]
+    brief["events_per_second"] = summary["performance"]["events_per_second"]
+    if summary["incidents"] is not None:
+        brief["incidents"] = {k: v for k, v in summary["incidents"].items()
+                              if k != "false_alarm_decisions"}
+    typer.echo(json.dumps(brief, indent=2, default=str))
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _print_progress(p: dict[str, Any]) -> None:
+    rate = p["events_per_second"] or 0.0
+    typer.echo(f"backtest: {p['fed']:,}/{p['total']:,} events "
+               f"({100.0 * p['fed'] / max(p['total'], 1):.0f} %), "
+               f"{p['event_seconds'] / 3600.0:.2f} event-hours, {p['ticks']:,} ticks, "
+               f"{p['decisions']} decisions, {rate:,.0f} events/s", err=True)
 
 
 @reference_app.command("fit")

@@ -116,14 +116,18 @@ class DecisionLayer:
     publish : async callable, optional
         ``(topic, key, value)`` producer for the decisions topic.
     clock : callable
-        Wall clock (epoch seconds).
+        Wall clock (epoch seconds); a backtest passes its event-time clock.
+    audit : AuditLog, optional
+        The audit log to write (default: ``settings.audit.path``, on the wall
+        clock); a backtest passes a fresh one stamped in event time.
     """
 
     def __init__(self, settings: Settings, engine: Callable[[], Engine | None],
                  publish: Publisher | None = None,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 claim: Callable[[str, str], Awaitable[str]] | None = None) -> None:
+                 claim: Callable[[str, str], Awaitable[str]] | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.settings = settings
         self._claim = claim
         self._engine = engine
@@ -136,7 +140,8 @@ class DecisionLayer:
             raise ValueError("webhooks.secrets (or webhooks.secrets_file) is required when a "
                              "rollback_url or alerting.url is configured: webhooks are signed")
         self.policy = Policy(settings.rules)
-        self.audit = AuditLog(Path(settings.audit.path), fsync=settings.audit.fsync)
+        self.audit = audit if audit is not None else AuditLog(Path(settings.audit.path),
+                                                               fsync=settings.audit.fsync)
         self.config_hash = settings.content_hash()
         self._senders: dict[str, WebhookSender] = {}
         if secrets:
