@@ -1,7 +1,9 @@
 """driftgate detectors: pure maths over numpy arrays, no I/O.
 
 Public API: frozen reference bins, sliced windows, the PSI/KL/JS divergences,
-a batch ADWIN wrapper over river, and fraud KPIs with intervals and tests.
+a batch ADWIN wrapper over river, fraud KPIs with intervals and tests, the
+anytime-valid mixture SPRT for canary-vs-champion proportions, and a
+Bernoulli CUSUM for a drop in a proportion (the recall stream).
 
 May import: numpy, scipy, river and the standard library only; nothing of
 :mod:`rollback` or :mod:`monitor` (it is the bottom layer).
@@ -9,6 +11,7 @@ May import: numpy, scipy, river and the standard library only; nothing of
 
 from detectors.adwin import ADWINResult, BatchADWIN
 from detectors.binning import CategoricalBins, NumericBins, count_by_group
+from detectors.cusum import BernoulliCUSUM, CUSUMResult, bernoulli_threshold
 from detectors.divergence import DEFAULT_EPS, js_divergence, kl_divergence, psi
 from detectors.kpi import (
     ConfusionCounts,
@@ -20,12 +23,22 @@ from detectors.kpi import (
     wilson_interval,
 )
 from detectors.reference import ReferenceProfile
+from detectors.sequential import (
+    DEFAULT_MIXING_SD,
+    SequentialComparison,
+    msprt_log_lr,
+    msprt_proportions,
+    running_p_value,
+)
 from detectors.windows import SlicedWindow, slice_ids
 
 __all__ = [
     "DEFAULT_EPS",
+    "DEFAULT_MIXING_SD",
     "ADWINResult",
     "BatchADWIN",
+    "BernoulliCUSUM",
+    "CUSUMResult",
     "CategoricalBins",
     "ConfusionCounts",
     "FraudKPIs",
@@ -33,13 +46,18 @@ __all__ = [
     "Proportion",
     "ProportionComparison",
     "ReferenceProfile",
+    "SequentialComparison",
     "SlicedWindow",
+    "bernoulli_threshold",
     "compare_proportions",
     "count_by_group",
     "fraud_kpis",
     "js_divergence",
     "kl_divergence",
+    "msprt_log_lr",
+    "msprt_proportions",
     "psi",
+    "running_p_value",
     "slice_ids",
     "wilson_interval",
 ]

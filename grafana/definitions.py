@@ -277,10 +277,32 @@ def drift() -> dict[str, Any]:
             "{{model}} {{version}} {{stream}}"), w=8,
             description="Events in the adaptive window; it shrinks after a change."),
     ])
+    cusum_row = Row("Recall CUSUM (catch-rate drop)", [
+        timeseries("Recall CUSUM statistic and threshold", Target(
+            f"max by (model, version) (driftgate_recall_cusum_statistic{{{JMV}}})",
+            "{{model}} {{version}} statistic"), Target(
+            f"max by (model, version) (driftgate_recall_cusum_threshold{{{JMV}}})",
+            "{{model}} {{version}} threshold h"), w=8,
+            description="Bernoulli CUSUM of caught/missed per labelled fraud; an alarm "
+                        "when the statistic reaches h (set from the in-control ARL)."),
+        timeseries("Recall CUSUM detections", Target(
+            increase("driftgate_recall_cusum_detections_total", JMV, "model, version"),
+            "{{model}} {{version}}"), draw="bars", fill=80, w=8,
+            description="Catch-rate drops detected (evaluation.recall_cusum_delta)."),
+        timeseries("Recall CUSUM baseline and untested frauds", Target(
+            f"max by (model, version) (driftgate_recall_cusum_baseline{{{JMV}}})",
+            "{{model}} {{version}} in-control catch rate"), Target(
+            increase("driftgate_recall_cusum_unmonitored_frauds_total", JMV,
+                     "model, version"), "{{model}} {{version}} untested frauds"), w=8,
+            description="p0 the chart tests against (the champion's catch rate or the "
+                        "configured one); frauds seen with no p0 yet are not tested."),
+    ])
     return dashboard("driftgate-drift", "driftgate / Drift",
                      "PSI, KL and JS divergence per feature and for the model score, "
-                     "against the frozen reference and canary vs champion; ADWIN.",
-                     [score_row, feature_row, canary_row, adwin_row], [feature_var])
+                     "against the frozen reference and canary vs champion; ADWIN and "
+                     "the recall CUSUM.",
+                     [score_row, feature_row, canary_row, adwin_row, cusum_row],
+                     [feature_var])
 
 
 def _role_kpi(kpi: str, role: str, bound: str) -> Target:

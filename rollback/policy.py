@@ -13,6 +13,18 @@ act on, the alerts that resolved, and every rule's state. It sends nothing.
   ``cooldown_seconds``.
 * Rollback decisions stay *active* for their version (the verdict is
   ``rollback``) until acknowledged or the canary changes.
+* KPI canary-vs-champion rules with ``test: sequential`` (the default) run the
+  anytime-valid mixture SPRT (:mod:`detectors.sequential`) on the cumulative
+  counts gained since the rule first looked at the canary (both versions'
+  lifetime counts minus their values then: the same period for both). The
+  always-valid p-value is the running minimum over the looks, kept in the
+  rule's state per (rule, model, canary version): a new canary version starts
+  a new test, as do a new champion version and counters that went backwards
+  (the engine's state was lost). So ``max_p_value`` bounds the chance of ever
+  rolling back a canary as good as the champion over its whole life (per
+  test; a restart of the service starts a new one). The mixing sd is the
+  rule's ``|threshold|`` (the drop it cares about), else
+  :data:`detectors.DEFAULT_MIXING_SD`.
 """
 
 from __future__ import annotations
@@ -23,16 +35,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from detectors import ConfusionCounts, FraudKPIs, compare_proportions
+from detectors import (
+    DEFAULT_MIXING_SD,
+    ConfusionCounts,
+    FraudKPIs,
+    compare_proportions,
+    msprt_proportions,
+    running_p_value,
+)
 from rollback.rules import ADWIN_METRICS, DIVERGENCE_METRICS, KPI_METRICS, RuleSpec
 
 __all__ = ["Decision", "ModelView", "Policy", "PolicyOutcome", "Resolution", "RuleState",
-           "VersionView"]
+           "SequentialState", "VersionView", "format_p_value"]
 
 
 @dataclass(frozen=True)
 class VersionView:
-    """What the policy needs to know about one version."""
+    """What the policy needs to know about one version.
+
+    ``confusion`` covers the KPI window; ``confusion_total`` the version's whole
+    life (cumulative, for the sequential test). Views without it (built by
+    hand) have ``confusion`` taken as cumulative.
+    """
 
     version: str
     window_events: int
@@ -41,6 +65,7 @@ class VersionView:
     kpis: FraudKPIs
     divergence: Mapping[str, Mapping[str, float]] | None = None
     adwin_detections: Mapping[str, int] = field(default_factory=dict)
+    confusion_total: ConfusionCounts | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,18 @@ class ModelView:
     champion: VersionView | None
     canary: VersionView | None
     canary_vs_champion: Mapping[str, Mapping[str, float]] | None = None
+
+
+@dataclass
+class SequentialState:
+    """One sequential test: its baselines and the running always-valid p-value."""
+
+    champion: str
+    canary_base: ConfusionCounts
+    champion_base: ConfusionCounts
+    started_at: float
+    p_value: float | None = None
+    looks: int = 0
 
 
 @dataclass
@@ -71,6 +108,7 @@ class RuleState:
     fired_decision_id: str | None = None
     evaluations: int = 0
     adwin_seen: int | None = None
+    sequential: SequentialState | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (
@@ -200,7 +238,8 @@ class Policy:
         return PolicyOutcome(decisions, resolved, states)
 
     def _measure(self, rule: RuleSpec, view: ModelView, target: VersionView | None,
-                 st: RuleState) -> tuple[float | None, float | None, str, dict[str, Any]]:
+                 st: RuleState, now: float = 0.0
+                 ) -> tuple[float | None, float | None, str, dict[str, Any]]:
         """``(value, p_value, detail, samples)``; value None = insufficient data."""
         if target is None:
             return None, None, f"no {rule.target_role} version seen for {view.model}", {}
@@ -236,6 +275,8 @@ class Policy:
             new = float(total - seen)
             return new, None, f"{int(new)} new ADWIN change(s) in the {stream} stream", samples
         # KPI metrics
+        if rule.kpi_test == "sequential" and champ is not None:
+            return _sequential(rule, target, champ, st, now, samples)
         if target.confusion.frauds < rule.min_labelled_frauds:
             return None, None, (f"{target.confusion.frauds} labelled frauds, rule needs "
                                 f"{rule.min_labelled_frauds}"), samples
@@ -266,14 +307,15 @@ class Policy:
                         "canary_interval": [tk.lower, tk.upper],
                         "champion_interval": [ck.lower, ck.upper],
                         "test": test.method, "canary_n": na, "champion_n": nb})
+        shown = format_p_value(test.p_value, rule.max_p_value)
         return drop, test.p_value, (f"{rule.metric} canary {tk.value:.4f} vs champion "
-                                    f"{ck.value:.4f} (drop {drop:.4f}, p={test.p_value:.2g})"
+                                    f"{ck.value:.4f} (drop {drop:.4f}, p {shown}, fixed test)"
                                     ), samples
 
     def _step(self, rule: RuleSpec, view: ModelView, target: VersionView | None,
               st: RuleState, now: float, ctx: dict[str, Any], decisions: list[Decision],
               resolved: list[Resolution]) -> None:
-        value, p_value, detail, samples = self._measure(rule, view, target, st)
+        value, p_value, detail, samples = self._measure(rule, view, target, st, now)
         st.evaluations += 1
         st.value, st.p_value = value, p_value
         was_firing = st.status == "firing"
@@ -337,7 +379,9 @@ class Policy:
                   f"{rule.threshold} for {st.consecutive} evaluation(s) over "
                   f"{now - start:.1f}s")
         if p_value is not None:
-            reason += f" (p = {p_value:.2g} < {rule.max_p_value})"
+            test = f", {rule.kpi_test} test" if rule.kpi_test else ""
+            shown = format_p_value(p_value, rule.max_p_value)
+            reason += f" (p {shown} < {rule.max_p_value}{test})"
         evidence: dict[str, Any] = {
             "rule": rule.model_dump(mode="json"),
             "value": value,
@@ -356,6 +400,89 @@ class Policy:
         }
         return Decision(decision_id, rule.severity, rule.name, view.model, target.version,
                         champion, reason, now, start, evidence)
+
+
+def format_p_value(p: float, threshold: float | None = None) -> str:
+    """``"= <p>"`` with 3 significant digits, more when needed so that the shown
+    value compares with the shown ``threshold`` as ``p`` does (0.0099999 is not
+    shown as 0.01 against 0.01); ``"< 1e-16"`` below that.
+
+    >>> format_p_value(0.0099, 0.01), format_p_value(0.0099999, 0.01)
+    ('= 0.0099', '= 0.0099999')
+    >>> format_p_value(0.01, 0.01), format_p_value(0.123456), format_p_value(0.0)
+    ('= 0.01', '= 0.123', '< 1e-16')
+    """
+    if not math.isfinite(p):
+        return f"= {p}"
+    if p < 1e-16:
+        return "< 1e-16"
+    for digits in range(3, 18):
+        shown = f"{p:.{digits}g}"
+        if threshold is None or (float(shown) < threshold) == (p < threshold):
+            return f"= {shown}"
+    return f"= {p!r}"
+
+
+def _delta(total: ConfusionCounts, base: ConfusionCounts) -> ConfusionCounts | None:
+    """``total - base``; None when a counter went backwards (state was lost)."""
+    names = ("tp", "fp", "fn", "tn", "caught_amount", "missed_amount", "caught_amount_sq",
+             "missed_amount_sq")
+    diff = {n: getattr(total, n) - getattr(base, n) for n in names}
+    if any(v < 0 for v in diff.values()):
+        return None
+    return ConfusionCounts(**diff)
+
+
+def _pair(metric: str, c: ConfusionCounts) -> tuple[float, float]:
+    """``(successes, trials)`` of a KPI (the weighted one at its Kish size)."""
+    if metric == "catch_rate":
+        return float(c.tp), float(c.tp + c.fn)
+    if metric == "precision":
+        return float(c.tp), float(c.tp + c.fp)
+    if metric == "alert_rate":
+        return float(c.tp + c.fp), float(c.n)
+    total = c.caught_amount + c.missed_amount
+    n_eff = _kish(c)
+    return (c.caught_amount / total * n_eff if total > 0 else 0.0), n_eff
+
+
+def _sequential(rule: RuleSpec, target: VersionView, champ: VersionView, st: RuleState,
+                now: float, samples: dict[str, Any]
+                ) -> tuple[float | None, float | None, str, dict[str, Any]]:
+    """One look of the rule's sequential test (see the module docstring)."""
+    tot_a = target.confusion_total or target.confusion
+    tot_b = champ.confusion_total or champ.confusion
+    seq = st.sequential
+    da = db = None
+    if seq is not None and seq.champion == champ.version:
+        da, db = _delta(tot_a, seq.canary_base), _delta(tot_b, seq.champion_base)
+    if seq is None or da is None or db is None:
+        seq = st.sequential = SequentialState(champ.version, tot_a, tot_b, now)
+        da, db = ConfusionCounts(), ConfusionCounts()
+    samples.update({"test": "sequential", "test_started_at": seq.started_at,
+                    "canary_labelled_frauds_tested": da.frauds,
+                    "champion_labelled_frauds_tested": db.frauds})
+    need = rule.min_labelled_frauds
+    if da.frauds < need or db.frauds < need:
+        return None, None, (f"sequential test: {da.frauds} canary and {db.frauds} champion "
+                            f"labelled frauds since {seq.started_at:.3f}, rule needs {need} "
+                            "each"), samples
+    (sa, na), (sb, nb) = _pair(rule.metric, da), _pair(rule.metric, db)
+    if na <= 0 or nb <= 0:
+        return None, None, f"{rule.metric} undefined for one version", samples
+    tau = abs(rule.threshold) or DEFAULT_MIXING_SD
+    look = msprt_proportions(sa, na, sb, nb, mixing_sd=tau, alternative="less")
+    seq.p_value = running_p_value(seq.p_value, look.p_value)
+    seq.looks += 1
+    drop = -look.difference
+    samples.update({"canary_kpi": sa / na, "champion_kpi": sb / nb, "canary_n": na,
+                    "champion_n": nb, "always_valid_p_value": seq.p_value,
+                    "look_p_value": look.p_value, "looks": seq.looks, "mixing_sd": tau,
+                    "method": "mSPRT, normal mixture (Johari, Pekelis & Walsh 2022)"})
+    shown = format_p_value(seq.p_value, rule.max_p_value)
+    return drop, seq.p_value, (f"{rule.metric} canary {sa / na:.4f} vs champion "
+                               f"{sb / nb:.4f} since {seq.started_at:.3f} (drop {drop:.4f}, "
+                               f"always-valid p {shown}, {seq.looks} looks)"), samples
 
 
 def _kish(c: ConfusionCounts) -> float:

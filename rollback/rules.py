@@ -17,8 +17,13 @@ Scopes
 ------
 * ``canary_vs_champion``: divergences of the canary's window against the
   champion's; for KPIs, ``champion - canary`` (a *drop*, in proportion points)
-  which must also be significant (one-sided two-proportion test from
-  :mod:`detectors`, p < ``max_p_value``);
+  which must also be significant (p < ``max_p_value``). ``test: sequential``
+  (the default for these rules) uses the anytime-valid mixture SPRT of
+  :mod:`detectors.sequential` on the counts since the canary was first
+  evaluated, so ``max_p_value`` bounds the chance of *ever* rolling back a
+  canary as good as the champion; ``test: fixed`` re-runs the one-sided
+  two-proportion test on the KPI window at every tick (repeated looks inflate
+  its error rate);
 * ``canary_vs_reference`` / ``champion_vs_reference``: the version's window
   against the frozen reference (KPIs: the version's own value).
 """
@@ -74,6 +79,7 @@ class RuleSpec(BaseModel):
     min_labelled_frauds: int = Field(0, ge=0)
     severity: Literal["alert", "rollback"] = "alert"
     cooldown_seconds: float = Field(300.0, ge=0)
+    test: Literal["sequential", "fixed"] | None = None
     description: str = ""
 
     @model_validator(mode="after")
@@ -82,10 +88,26 @@ class RuleSpec(BaseModel):
                 and self.min_labelled_frauds < 1):
             raise ValueError(f"{self.metric} with scope canary_vs_champion measures a drop "
                              "(champion - canary) and needs min_labelled_frauds >= 1")
+        if self.test is not None and not self.is_kpi_comparison:
+            raise ValueError(f"test: {self.test} applies only to KPI metrics "
+                             f"{list(KPI_METRICS)} with scope canary_vs_champion, not to "
+                             f"{self.metric} with scope {self.scope}")
         if self.metric in ADWIN_METRICS and self.scope == "canary_vs_champion":
             raise ValueError(f"{self.metric} watches one version's stream; use scope "
                              "canary_vs_reference or champion_vs_reference")
         return self
+
+    @property
+    def is_kpi_comparison(self) -> bool:
+        """A KPI metric compared canary against champion (a significance test)."""
+        return self.metric in KPI_METRICS and self.scope == "canary_vs_champion"
+
+    @property
+    def kpi_test(self) -> str | None:
+        """The test of a KPI comparison (``sequential`` unless set); else None."""
+        if not self.is_kpi_comparison:
+            return None
+        return self.test or "sequential"
 
     @property
     def target_role(self) -> str:

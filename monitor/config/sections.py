@@ -259,12 +259,29 @@ class EvaluationSettings(_Strict):
     eps: float = Field(1e-4, gt=0, lt=1)
     confidence: float = Field(0.95, gt=0, lt=1)
     adwin_delta: float = Field(0.002, gt=0, lt=1)
+    # Bernoulli CUSUM on the recall stream (caught or not, per labelled fraud;
+    # detectors.cusum): the drop in catch rate to detect, the in-control average
+    # run length in labelled frauds, a fixed in-control catch rate (null: a
+    # canary's is its champion's running catch rate, once the champion has
+    # recall_cusum_min_frauds labelled frauds; other versions are not monitored)
+    recall_cusum_delta: float = Field(0.1, gt=0, lt=1)
+    recall_cusum_arl0: float = Field(100_000.0, gt=1, le=1e9)
+    recall_cusum_p0: float | None = Field(None, gt=0, lt=1)
+    recall_cusum_min_frauds: int = Field(500, ge=1)
     # raw rows kept per version (over the drift window) for Evidently reports
     report_sample_size: int = Field(5000, ge=0, le=1_000_000)
     # Evidently stattest for reports, by name from its registry (psi, jensenshannon,
     # wasserstein, ks, ...); psi is stable on heavy-tailed fraud features, where the
     # default normed Wasserstein flags healthy samples
     report_method: str = Field("psi", min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _recall_cusum(self) -> EvaluationSettings:
+        p0, delta = self.recall_cusum_p0, self.recall_cusum_delta
+        if p0 is not None and p0 <= delta:
+            raise ValueError(f"recall_cusum_p0 ({p0}) must exceed recall_cusum_delta "
+                             f"({delta}): the chart watches for a drop to p0 - delta > 0")
+        return self
 
 
 class HttpSettings(_Strict):

@@ -71,6 +71,7 @@ def _view(ve: VersionEvaluation | None) -> VersionView | None:
     return VersionView(
         version=ve.version, window_events=ve.window_events, window_bounds=ve.window_bounds,
         confusion=ve.confusion, kpis=ve.kpis, divergence=div,
+        confusion_total=ve.confusion_total,
         adwin_detections={k: int(v["detections"]) for k, v in ve.adwin.items()},
     )
 

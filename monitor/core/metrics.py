@@ -89,6 +89,37 @@ class EngineCollector(Collector):
         # Unchecked collector: families vary with the models seen.
         return []
 
+    def _recall_cusum(self) -> Iterator[Metric]:
+        """The recall CUSUM per version (detectors.cusum); threshold and
+        baseline only once a batch was tested against an in-control rate."""
+        mv = ["model", "version"]
+        stat = GaugeMetricFamily("driftgate_recall_cusum_statistic",
+                                 "Bernoulli CUSUM statistic on the recall stream (caught or "
+                                 "not, per labelled fraud); alarms at the threshold.",
+                                 labels=mv)
+        thr = GaugeMetricFamily("driftgate_recall_cusum_threshold",
+                                "Recall CUSUM threshold h (set from the configured in-control "
+                                "ARL) for the last in-control catch rate.", labels=mv)
+        base = GaugeMetricFamily("driftgate_recall_cusum_baseline",
+                                 "In-control catch rate p0 the recall CUSUM last tested against.",
+                                 labels=mv)
+        det = CounterMetricFamily("driftgate_recall_cusum_detections",
+                                  "Recall CUSUM alarms (a catch-rate drop of "
+                                  "evaluation.recall_cusum_delta).", labels=mv)
+        unmon = CounterMetricFamily("driftgate_recall_cusum_unmonitored_frauds",
+                                    "Labelled frauds fed to the recall CUSUM with no in-control "
+                                    "catch rate yet (not tested).", labels=mv)
+        for (model, version), st in self.engine.versions.items():
+            c = st.recall_cusum
+            stat.add_metric([model, version], c.statistic)
+            p0, _, h = c.last_rates
+            if math.isfinite(h):
+                thr.add_metric([model, version], h)
+                base.add_metric([model, version], p0)
+            det.add_metric([model, version], st.recall_cusum_detections)
+            unmon.add_metric([model, version], c.n_unmonitored)
+        yield from (stat, thr, base, det, unmon)
+
     def collect(self) -> Iterable[Metric]:
         eng = self.engine
         ev = eng.snapshot()
@@ -137,6 +168,7 @@ class EngineCollector(Collector):
                 adwin_mean.add_metric([model, version, stream], detector.mean)
                 adwin_width.add_metric([model, version, stream], detector.width)
         yield from (events, late, late_labels, window, confusion, adwin, adwin_mean, adwin_width)
+        yield from self._recall_cusum()
 
         labels_rx = CounterMetricFamily("driftgate_labels_received",
                                         "Valid label events received.")

@@ -7,7 +7,8 @@ and keeps, per model version (:class:`monitor.engine.state.VersionState`):
   event-time windows;
 * confusion and amount-weighted counts of joined labels in a (longer) KPI
   window, plus cumulative totals;
-* river ADWIN detectors on the joined error indicator and on the score.
+* river ADWIN detectors on the joined error indicator and on the score, and a
+  Bernoulli CUSUM on the recall stream (caught or not, per labelled fraud).
 
 It composes the parts that do each job: the join buffer that matches labels
 to predictions by event id in either arrival order (:mod:`.join`), event time
@@ -43,6 +44,7 @@ from monitor.engine.counting import (
     count_joined,
     count_predictions,
     entry_columns,
+    recall_baseline,
 )
 from monitor.engine.dedupe import SeenIds, hash_ids
 from monitor.engine.evaluation import (
@@ -342,8 +344,10 @@ class Engine:
                 self.evictions["released"] += rows.size  # the version's slot was released
                 continue
             st = self.state(*key)
+            p0 = recall_baseline(self.settings.evaluation, self.roles.get(key[0], {}),
+                                 self.versions, key)
             for s_id in count_joined(st, sids[rows], decisions[rows], labels[rows],
-                                     pred_amounts[rows], label_amounts[rows]):
+                                     pred_amounts[rows], label_amounts[rows], p0):
                 touched.add((key[0], key[1], "kpi_counts", s_id))
                 touched.add((key[0], key[1], "kpi_amounts", s_id))
             stats.joined += rows.size

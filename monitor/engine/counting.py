@@ -3,19 +3,22 @@
 :func:`count_predictions` adds the on-time predictions of one version to its
 feature and score windows, row sample and score ADWIN; :func:`count_joined`
 adds joined (prediction, label) pairs to its KPI windows, cumulative confusion
-counts and error ADWIN. Both work on column arrays (one numpy pass per
-version and batch, never a Python loop per row).
+counts, error ADWIN and recall CUSUM (caught or not, per labelled fraud).
+Both work on column arrays (one numpy pass per version and batch, never a
+Python loop per row).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from detectors import ConfusionCounts, ReferenceProfile, count_by_group
+from monitor.config.sections import EvaluationSettings
 from monitor.engine.join import PendingEntry
 from monitor.engine.state import (
     CAUGHT,
@@ -32,7 +35,8 @@ from monitor.engine.state import (
 )
 from monitor.ingest.columns import PredictionColumns
 
-__all__ = ["CatRows", "bin_columns", "count_joined", "count_predictions", "entry_columns"]
+__all__ = ["CatRows", "bin_columns", "count_joined", "count_predictions", "entry_columns",
+           "recall_baseline"]
 
 
 def entry_columns(entries: list[PendingEntry]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64],
@@ -107,12 +111,38 @@ def count_predictions(st: VersionState, cols: PredictionColumns, rows: npt.NDArr
     return n_late, touched
 
 
+#: grid of an estimated in-control catch rate (its CUSUM design is cached per value)
+BASELINE_GRID = 0.005
+
+
+def recall_baseline(ev: EvaluationSettings, roles: Mapping[str, str],
+                    versions: Mapping[tuple[str, str], VersionState],
+                    key: tuple[str, str]) -> float | None:
+    """The in-control catch rate of version ``key``'s recall CUSUM: the
+    configured ``recall_cusum_p0``; else, for the canary, its champion's
+    cumulative catch rate ((tp + 1/2) / (frauds + 1), never 0 or 1; rounded to
+    :data:`BASELINE_GRID`) once the champion has ``recall_cusum_min_frauds``
+    labelled frauds; else None (no baseline: not monitored, never "ok")."""
+    if ev.recall_cusum_p0 is not None:
+        return ev.recall_cusum_p0
+    champ = versions.get((key[0], roles.get("champion", "")))
+    if roles.get("canary") != key[1] or champ is None:
+        return None
+    c = champ.confusion_total
+    if c.frauds < ev.recall_cusum_min_frauds:
+        return None
+    return round((c.tp + 0.5) / (c.frauds + 1) / BASELINE_GRID) * BASELINE_GRID
+
+
 def count_joined(st: VersionState, sid: npt.NDArray[np.int64], d: npt.NDArray[np.bool_],
                  y: npt.NDArray[np.bool_], pa: npt.NDArray[np.float64],
-                 la: npt.NDArray[np.float64]) -> list[int]:
+                 la: npt.NDArray[np.float64], recall_p0: float | None = None) -> list[int]:
     """Count joined pairs of one version: slice ids, decisions, labels, and the
-    prediction's and label's amounts. Returns the slice ids the KPI windows
-    took (the others had left them: counted as late labels)."""
+    prediction's and label's amounts; the frauds' decisions (in label order)
+    feed the recall CUSUM with in-control catch rate ``recall_p0`` (None: the
+    configured one, if any; without one they are counted as unmonitored).
+    Returns the slice ids the KPI windows took (the others had left them:
+    counted as late labels)."""
     amount = np.where(np.isnan(pa), la, pa)
     amount = np.where(np.isnan(amount), 0.0, amount)
     cell = np.where(y, np.where(d, TP, FN), np.where(d, FP, TN))
@@ -140,4 +170,7 @@ def count_joined(st: VersionState, sid: npt.NDArray[np.int64], d: npt.NDArray[np
     st.labels_joined_total += sid.size
     res = st.adwin_error.update((d != y).astype(np.float64))
     st.adwin_error_detections += int(res.change_positions.size)
+    if y.any():
+        cusum = st.recall_cusum.update(d[y], recall_p0)
+        st.recall_cusum_detections += int(cusum.alarm_positions.size)
     return [s for s in u_sids.tolist() if s not in refused]

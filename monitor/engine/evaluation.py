@@ -2,7 +2,7 @@
 
 :func:`evaluate` computes, for every version, PSI/KL/JS per feature and for
 the score against the reference, the KPIs with Wilson intervals over the KPI
-window and the ADWIN summaries; and for every model with a canary, the
+window, the ADWIN summaries and the recall CUSUM's; and for every model with a canary, the
 canary-vs-champion divergences and one-sided proportion tests
 (:func:`kpi_tests`), in O(versions x features x bins). The results are the
 frozen dataclasses :class:`Evaluation`, :class:`VersionEvaluation`,
@@ -12,7 +12,7 @@ frozen dataclasses :class:`Evaluation`, :class:`VersionEvaluation`,
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -63,6 +63,11 @@ class VersionEvaluation:
     kpis: FraudKPIs
     confusion: ConfusionCounts
     adwin: dict[str, dict[str, float]]
+    confusion_total: ConfusionCounts | None = None   # lifetime (sequential KPI tests)
+    #: the recall CUSUM (detectors.cusum): statistic, threshold and p0 of the
+    #: last monitored batch (NaN before one), detections, and the labelled
+    #: frauds tested (monitored) and fed with no in-control rate (unmonitored)
+    recall_cusum: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -134,12 +139,14 @@ def evaluate(settings: Settings, ref: ReferenceProfile,
                                      ref.score_counts, st),
             kpis=fraud_kpis(counts, conf),
             confusion=counts,
+            confusion_total=st.confusion_total,
             adwin={
                 "error": {"mean": st.adwin_error.mean, "width": st.adwin_error.width,
                           "detections": st.adwin_error_detections},
                 "score": {"mean": st.adwin_score.mean, "width": st.adwin_score.width,
                           "detections": st.adwin_score_detections},
             },
+            recall_cusum=recall_cusum_summary(st),
         )
     canaries: dict[str, CanaryComparison] = {}
     for model, model_roles in roles.items():
@@ -158,6 +165,16 @@ def evaluate(settings: Settings, ref: ReferenceProfile,
                                                      kst.kpi_confusion()))
     return Evaluation(at=clock(), watermark=watermark, versions=versions,
                       canaries=canaries, reference_hash=ref.content_hash)
+
+
+def recall_cusum_summary(st: VersionState) -> dict[str, float]:
+    """The recall CUSUM of ``st`` as plain numbers (see
+    :attr:`VersionEvaluation.recall_cusum`)."""
+    c = st.recall_cusum
+    p0, _, h = c.last_rates
+    return {"statistic": c.statistic, "threshold": h, "p0": p0,
+            "detections": float(st.recall_cusum_detections),
+            "monitored": float(c.n_monitored), "unmonitored": float(c.n_unmonitored)}
 
 
 def kpi_tests(champion: ConfusionCounts,

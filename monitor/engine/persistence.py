@@ -46,7 +46,8 @@ __all__ = [
 #: fields are those of ``VersionState.confusion_total``, the others attributes
 VERSION_COUNTERS = ("predictions_total", "labels_joined_total", "late_total",
                     "late_labels_total", *CONFUSION_FIELDS,
-                    "adwin_error_detections", "adwin_score_detections")
+                    "adwin_error_detections", "adwin_score_detections",
+                    "recall_cusum_detections")
 _CONFUSION = frozenset(CONFUSION_FIELDS)
 #: instance-wide counters grouped by a key (the engine's Counter attributes)
 GROUPS = ("duplicates", "evictions", "unmatched")
@@ -147,14 +148,16 @@ def global_states(slices: Mapping[SliceKey, list[bytes]], counters: Mapping[str,
                   new_state: Callable[[str, str], VersionState], slice_seconds: float
                   ) -> tuple[dict[tuple[str, str], VersionState], float]:
     """Every instance's summed slices and counters as states, and the global
-    watermark; ADWIN streams and row samples stay this instance's (``local``)."""
+    watermark; ADWIN streams, recall CUSUMs and row samples stay this
+    instance's (``local``)."""
     wm = counters.get(WATERMARK_KEY, -math.inf)
     states: dict[tuple[str, str], VersionState] = {}
     states_from(slices, counters, states, head_of(wm, slice_seconds), new_state)
     for key, st in states.items():
         mine = local.get(key)
-        if mine is not None:  # ADWIN streams stay per instance
+        if mine is not None:  # ADWIN streams and recall CUSUMs stay per instance
             st.adwin_error, st.adwin_score = mine.adwin_error, mine.adwin_score
+            st.recall_cusum = mine.recall_cusum
             st.sample = mine.sample
     return states, wm
 

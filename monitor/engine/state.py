@@ -1,7 +1,7 @@
 """What the engine keeps per (model, version), and the confusion field names.
 
 :class:`VersionState` holds one version's sliced windows (feature, score and
-KPI), ADWIN detectors, cumulative counters and row sample; :func:`new_state`
+KPI), ADWIN detectors, recall CUSUM, cumulative counters and row sample; :func:`new_state`
 builds an empty one for the configured windows and reference bins. The eight
 confusion fields (:data:`CONFUSION_FIELDS`) are named here once: the KPI
 windows' cells, the persisted counters and :class:`detectors.ConfusionCounts`
@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from detectors import BatchADWIN, ConfusionCounts, ReferenceProfile, SlicedWindow
+from detectors import BatchADWIN, BernoulliCUSUM, ConfusionCounts, ReferenceProfile, SlicedWindow
 from monitor.config import Settings
 from monitor.engine.reservoir import SliceReservoir
 
@@ -56,6 +56,7 @@ class VersionState:
     kpi_amounts: SlicedWindow
     adwin_error: BatchADWIN
     adwin_score: BatchADWIN
+    recall_cusum: BernoulliCUSUM
     predictions_total: int = 0
     labels_joined_total: int = 0
     late_total: int = 0
@@ -64,6 +65,7 @@ class VersionState:
     sample: SliceReservoir | None = None
     adwin_error_detections: int = 0
     adwin_score_detections: int = 0
+    recall_cusum_detections: int = 0
     last_event_ts: float = math.nan
 
     @property
@@ -90,7 +92,8 @@ class VersionState:
 
     def rebinned(self, fresh: VersionState) -> VersionState:
         """``fresh`` (empty windows under new reference bins) with this state's
-        counters, KPI windows and ADWIN streams (they do not depend on the bins)."""
+        counters, KPI windows, ADWIN streams and recall CUSUM (they do not
+        depend on the bins)."""
         fresh.predictions_total = self.predictions_total
         fresh.labels_joined_total = self.labels_joined_total
         fresh.late_total = self.late_total
@@ -101,6 +104,8 @@ class VersionState:
         fresh.adwin_error, fresh.adwin_score = self.adwin_error, self.adwin_score
         fresh.adwin_error_detections = self.adwin_error_detections
         fresh.adwin_score_detections = self.adwin_score_detections
+        fresh.recall_cusum = self.recall_cusum
+        fresh.recall_cusum_detections = self.recall_cusum_detections
         return fresh
 
     def window(self, kind: str) -> SlicedWindow:
@@ -141,6 +146,7 @@ def new_state(settings: Settings, ref: ReferenceProfile, model: str,
                                  ahead=ahead),
         adwin_error=BatchADWIN(delta=ev.adwin_delta),
         adwin_score=BatchADWIN(delta=ev.adwin_delta),
+        recall_cusum=BernoulliCUSUM(delta=ev.recall_cusum_delta, arl0=ev.recall_cusum_arl0),
         sample=(SliceReservoir(ev.report_sample_size, w.n_slices,
                                len(ref.numeric.features), len(ref.categorical.features),
                                seed=zlib.crc32(f"{model}/{version}".encode()))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
+import numpy as np
 import pytest
 
 from detectors import ConfusionCounts, fraud_kpis
-from rollback.policy import ModelView, Policy, VersionView
+from rollback.policy import ModelView, Policy, VersionView, format_p_value
 from rollback.rules import RuleSpec
 
 MODEL = "card-fraud"
@@ -94,7 +98,8 @@ def test_too_few_events_is_insufficient_data_never_fires() -> None:
 
 CATCH_RULE = RuleSpec(name="catch-drop", metric="catch_rate", scope="canary_vs_champion",
                       comparison=">", threshold=0.05, max_p_value=0.01,
-                      min_labelled_frauds=200, severity="rollback", cooldown_seconds=0)
+                      min_labelled_frauds=200, severity="rollback", cooldown_seconds=0,
+                      test="fixed")
 
 
 def test_kpi_drop_needs_significance_not_just_a_difference() -> None:
@@ -157,3 +162,144 @@ def test_rule_validation_names_the_problem() -> None:
         RuleSpec(name="x", metric="adwin_score", scope="canary_vs_champion", threshold=0)
     with pytest.raises(ValueError, match="rule names must be unique"):
         Policy([PSI_RULE, PSI_RULE])
+
+
+# ------------------------------------------------------- sequential KPI test
+SEQ_RULE = CATCH_RULE.model_copy(update={"test": None, "min_labelled_frauds": 20,
+                                         "max_p_value": 0.05})
+
+
+def totals_view(canary: ConfusionCounts, champion: ConfusionCounts,
+                canary_version: str = "v2", window: ConfusionCounts | None = None) -> ModelView:
+    """Views whose lifetime counts are given (the KPI window is a fixed stand-in)."""
+    w = window or ConfusionCounts(tp=70, fp=10, fn=30, tn=890)
+
+    def one(name: str, total: ConfusionCounts) -> VersionView:
+        return VersionView(version=name, window_events=1000, window_bounds=(0.0, 60.0),
+                           confusion=w, kpis=fraud_kpis(w), confusion_total=total)
+
+    return ModelView(MODEL, champion=one("v1", champion), canary=one(canary_version, canary))
+
+
+def stream(seed: int, canary_rate: float, ticks: int, champion_rate: float = 0.7
+           ) -> list[tuple[ConfusionCounts, ConfusionCounts]]:
+    """Cumulative (canary, champion) counts per tick: Poisson(4) champion frauds and
+    Poisson(1) canary frauds a tick, each caught with the version's catch rate."""
+    rng = np.random.default_rng(seed)
+    fa, fb = np.cumsum(rng.poisson(1.0, ticks)), np.cumsum(rng.poisson(4.0, ticks))
+    ca = np.cumsum(rng.binomial(np.diff(fa, prepend=0), canary_rate))
+    cb = np.cumsum(rng.binomial(np.diff(fb, prepend=0), champion_rate))
+    return [(ConfusionCounts(tp=int(ca[i]), fn=int(fa[i] - ca[i]), tn=100 * i),
+             ConfusionCounts(tp=int(cb[i]), fn=int(fb[i] - cb[i]), tn=400 * i))
+            for i in range(ticks)]
+
+
+def test_p_value_formatting_never_shows_the_value_at_the_threshold() -> None:
+    assert format_p_value(0.0099, 0.01) == "= 0.0099"
+    assert format_p_value(0.00999999, 0.01) == "= 0.00999999"
+    assert format_p_value(0.0100001, 0.01) == "= 0.01"   # not below: shown not below
+    assert format_p_value(3.2e-9, 0.01) == "= 3.2e-09"
+    # a fixed-test decision whose p is just below max_p_value: the reason says so
+    policy = Policy([CATCH_RULE.model_copy(update={"min_labelled_frauds": 1,
+                                                   "threshold": 0.0})])
+    champ = ConfusionCounts(tp=700, fp=20, fn=300, tn=8980)
+    for tp in range(700, 600, -1):   # the first canary drop significant at 1 %
+        canary = ConfusionCounts(tp=tp, fp=20, fn=1000 - tp, tn=8980)
+        out = policy.evaluate([ModelView(MODEL, champion=version("v1", counts=champ),
+                                         canary=version(f"v{tp}", counts=canary))], 0.0)
+        if out.decisions:
+            break
+    (d,) = out.decisions
+    p = d.evidence["p_value"]
+    assert 0.005 < p < 0.01
+    shown = float(d.reason.split("(p = ")[1].split(" <")[0])
+    assert shown < 0.01
+    assert "< 0.01, fixed test)" in d.reason
+
+
+def test_sequential_is_the_default_and_only_for_kpi_comparisons() -> None:
+    assert SEQ_RULE.kpi_test == "sequential"
+    assert CATCH_RULE.kpi_test == "fixed"
+    assert PSI_RULE.kpi_test is None
+    with pytest.raises(ValueError, match="test: sequential applies only to KPI metrics"):
+        RuleSpec(name="x", metric="psi", scope="canary_vs_champion", threshold=0.2,
+                 test="sequential")
+    with pytest.raises(ValueError, match="test: fixed applies only to KPI metrics"):
+        RuleSpec(name="x", metric="catch_rate", scope="canary_vs_reference", threshold=0.2,
+                 test="fixed")
+    with pytest.raises(ValueError, match="test"):
+        RuleSpec(name="x", metric="catch_rate", scope="canary_vs_champion", threshold=0.2,
+                 min_labelled_frauds=1, test="bonferroni")
+
+
+def test_sequential_p_value_is_a_running_minimum_reset_with_the_canary() -> None:
+    policy = Policy([SEQ_RULE])
+    seen: list[float] = []
+    for i, (ca, cb) in enumerate(stream(3, 0.7, 200)):
+        policy.evaluate([totals_view(ca, cb)], float(i))
+        st = policy.states[("catch-drop", MODEL, "v2")]
+        if st.p_value is not None:
+            seen.append(st.p_value)
+    assert len(seen) > 100
+    assert all(b <= a for a, b in itertools.pairwise(seen))
+    assert st.sequential is not None
+    assert st.sequential.looks == len(seen)
+    # the test started at the first look: earlier lifetime counts are not in it
+    assert st.sequential.started_at == 0.0
+    # a new canary version starts a new test with its own state
+    ca, cb = stream(3, 0.7, 200)[-1]
+    policy.evaluate([totals_view(ca, cb, canary_version="v3")], 300.0)
+    fresh = policy.states[("catch-drop", MODEL, "v3")]
+    assert fresh.status == "insufficient_data"
+    assert fresh.sequential is not None
+    assert fresh.sequential.started_at == 300.0
+    assert "0 canary and 0 champion labelled frauds" in fresh.detail
+    # counters that went backwards (engine state lost) restart the test too
+    policy.evaluate([totals_view(ConfusionCounts(), ConfusionCounts(), "v3")], 301.0)
+    assert fresh.sequential.started_at == 301.0
+    assert fresh.sequential.p_value is None
+
+
+def test_sequential_rolls_back_a_real_drop_with_its_evidence() -> None:
+    policy = Policy([SEQ_RULE])
+    decisions = []
+    for i, (ca, cb) in enumerate(stream(5, 0.5, 400)):
+        decisions += policy.evaluate([totals_view(ca, cb)], float(i)).decisions
+    (d,) = decisions
+    s = d.evidence["samples"]
+    assert s["test"] == "sequential"
+    assert s["always_valid_p_value"] == d.evidence["p_value"] < 0.05
+    assert s["canary_n"] >= 20
+    assert s["champion_n"] >= 20
+    assert s["mixing_sd"] == 0.05
+    assert d.evidence["value"] > 0.05
+    assert "sequential test)" in d.reason
+    shown = float(d.reason.split("(p = ")[1].split(" <")[0])
+    assert shown < 0.05
+
+
+def test_healthy_canaries_through_the_policy_stay_within_alpha() -> None:
+    # 100 healthy canaries, 250 looks each, through Policy itself (the numpy
+    # simulation in test_sequential.py covers 400 runs and the fixed test)
+    runs, alpha = 100, 0.05
+    window = totals_view(ConfusionCounts(), ConfusionCounts())
+    false_rollbacks = 0
+    lowest: list[float] = []
+    for seed in range(runs):
+        policy = Policy([SEQ_RULE])
+        fired = False
+        for i, (ca, cb) in enumerate(stream(1000 + seed, 0.7, 250)):
+            assert window.canary is not None
+            assert window.champion is not None
+            mv = ModelView(MODEL,
+                           champion=dataclasses.replace(window.champion, confusion_total=cb),
+                           canary=dataclasses.replace(window.canary, confusion_total=ca))
+            fired |= bool(policy.evaluate([mv], float(i)).decisions)
+        false_rollbacks += fired
+        st = policy.states[("catch-drop", MODEL, "v2")]
+        assert st.p_value is not None
+        lowest.append(st.p_value)
+    se = (alpha * (1 - alpha) / runs) ** 0.5
+    assert false_rollbacks / runs <= alpha + 3 * se, false_rollbacks
+    # the always-valid p-values are spread, not stuck at 1 (the test is looking)
+    assert min(lowest) < 0.5
