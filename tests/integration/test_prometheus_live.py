@@ -352,8 +352,14 @@ class Scenario:
         (self.workdir / "reference.json").write_text(fit_demo_reference(7).to_json())
         settings = demo_settings(self.kafka.bootstrap_servers, self.workdir, self.router.url,
                                  secret, free_port(), suffix="promlive")
-        self.settings = settings.model_copy(update={"alerting": settings.alerting.model_copy(
-            update={"url": f"{self.receiver.url}/driftgate-alerts"})})
+        self.settings = settings.model_copy(update={
+            "alerting": settings.alerting.model_copy(
+                update={"url": f"{self.receiver.url}/driftgate-alerts"}),
+            # a configured in-control catch rate: the recall CUSUM tests (and
+            # exports its threshold and baseline) from the first labelled fraud,
+            # instead of waiting for 500 champion frauds this short run may not
+            # reach (its dashboard panels must return data here)
+            "evaluation": settings.evaluation.model_copy(update={"recall_cusum_p0": 0.7})})
         k = self.settings.kafka
         await self.kafka.create_topics({k.predictions_topic: 2, k.labels_topic: 2,
                                         k.dead_letter_topic: 1, k.decisions_topic: 1})
