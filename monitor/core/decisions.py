@@ -32,7 +32,7 @@ from rollback.audit import AuditLog
 from rollback.delivery import Attempt, DeliveryResult, WebhookSender
 from rollback.policy import Decision, ModelView, Policy, PolicyOutcome, Resolution, VersionView
 
-__all__ = ["AUTH_AUDIT_INTERVAL_S", "DecisionLayer", "VerdictError"]
+__all__ = ["AUTH_AUDIT_INTERVAL_S", "DecisionLayer", "VerdictError", "json_safe"]
 
 #: failed authentications are sampled into the audit log at most this often per route
 AUTH_AUDIT_INTERVAL_S = 60.0
@@ -47,18 +47,18 @@ def _iso(ts: float) -> str:
 
 
 def _clean_doc(obj: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = _clean(obj)
+    out: dict[str, Any] = json_safe(obj)
     return out
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None."""
+def json_safe(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None, tuples lists, keys strings."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -208,7 +208,7 @@ class DecisionLayer:
 
     async def _act(self, d: Decision) -> None:
         self.decision_counts[(d.rule, d.model, d.version, d.action)] += 1
-        record = _clean(d.as_dict())
+        record = json_safe(d.as_dict())
         self.audit.append("decision", record)
         log.warning("decision", decision_id=d.decision_id, action=d.action, rule=d.rule,
                     model=d.model, version=d.version, reason=d.reason)

@@ -44,7 +44,7 @@ from typing import IO, Any
 import numpy as np
 
 from monitor.config import Settings
-from monitor.core.decisions import DecisionLayer
+from monitor.core.decisions import DecisionLayer, json_safe
 from monitor.core.service import Service
 from monitor.engine import Engine, Evaluation
 from monitor.ingest.codec import EventCodec
@@ -106,19 +106,8 @@ class _BacktestSource:
         return SourceStatus(assigned={("backtest", 0)}, connected=True)
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None, tuples lists."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def _dumps(obj: Any) -> str:
-    return json.dumps(_clean(obj), sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(json_safe(obj), sort_keys=True, separators=(",", ":"), default=str)
 
 
 class RecordingDecisionLayer(DecisionLayer):
@@ -311,7 +300,7 @@ async def run_backtest(settings: Settings, opts: BacktestOptions) -> dict[str, A
             run.ticks += 1
             run.would_send += len(sends)
             line = _tick_line(run.ticks, at, ev, layer, settings, sends)
-            run.decisions.extend(_clean(d) for d in line.get("decisions", []))
+            run.decisions.extend(json_safe(d) for d in line.get("decisions", []))
             _write(timeline, line)
 
         i = 0
@@ -335,7 +324,7 @@ async def run_backtest(settings: Settings, opts: BacktestOptions) -> dict[str, A
     await layer.aclose()
     wall = time.perf_counter() - wall0
     summary = _summary(service, layer, merged, run, opts, config_hash, read_s, wall)
-    (opts.out / "summary.json").write_text(json.dumps(_clean(summary), indent=2,
+    (opts.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2,
                                                       sort_keys=True, default=str) + "\n")
     if opts.progress is not None:
         opts.progress(_progress(run, n, clock(), merged, wall0))
